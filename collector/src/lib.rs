@@ -1,0 +1,30 @@
+//! The host-level log and metric collector for containers on AWS ECS.
+//!
+//! One daemon per host finds every container, knows its ECS task, tails its log files and
+//! ships every line, committing read offsets only after delivery.
+//!
+//! # Layout
+//! In data-flow order:
+//! - [`discover`]: which containers exist (procfs, cgroupfs + inotify, Docker root, Docker
+//!   events), at start and live.
+//! - [`identify`]: cgroup id <-> container id <-> ECS task, from cgroup paths, Docker's files,
+//!   labels and the ECS agent.
+//! - [`inventory`]: the one owner of "what runs here"; starts and stops tailers.
+//! - [`tail`]: reads log files across rotation and truncation, frames and decodes lines into
+//!   [`tail::LogRecord`]s, in batches that carry the offsets they cover.
+//! - [`ship`]: sinks behind one trait (local directory, discard); acks move checkpoints.
+//! - [`state`]: SQLite: checkpoints and the history of containers and tasks.
+//! - [`config`]: the TOML configuration, its defaults and validation.
+//! - [`app`]: wires the stages together and shuts them down in order.
+//! - [`internal_events`]: self-telemetry (logs + counters).
+
+pub mod app;
+pub mod config;
+pub mod discover;
+pub mod identify;
+pub mod internal_events;
+pub mod inventory;
+pub mod ship;
+pub mod state;
+pub mod tail;
+pub mod telemetry;

@@ -1,0 +1,4 @@
+//! Log file formats.
+
+pub mod cri;
+pub mod docker_json;
