@@ -1,1 +1,583 @@
-//! inventory
+//! The one owner of "what runs here": containers, their identities, lifecycles and log
+//! sources. Reads discovery events, resolves identities (in the background, so a slow ECS
+//! agent never holds up the loop), starts a tailer per log source, and tells tailers when
+//! their container exits so they read to the end and stop.
+//!
+//! Every state change is recorded in SQLite (`state::history`), so identities outlive
+//! Docker's memory of a container.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use crate::batch::{Batch, SourceInfo};
+use crate::config::Config;
+use crate::discover::docker_api::DockerApi;
+use crate::discover::{ContainerEvent, DiscoverySource, Sighting};
+use crate::identify::cgroup::{self, CgroupLayout};
+use crate::identify::ecs_agent::EcsAgentClient;
+use crate::identify::{CgroupHint, ContainerId, ContainerIdentity, DockerContainerInfo, EcsTask, docker_config, labels};
+use crate::internal_events;
+use crate::state::{Lifecycle, Store};
+use crate::tail::format::LogFormat;
+use crate::tail::tailer::{SourceSpec, Tailer, spawn_run};
+
+/// What an identification pass found.
+#[derive(Debug)]
+struct Identified {
+    container_id: ContainerId,
+    info: Option<DockerContainerInfo>,
+    agent: Option<EcsTask>,
+}
+
+struct Entry {
+    identity_tx: watch::Sender<Arc<ContainerIdentity>>,
+    running_tx: watch::Sender<bool>,
+    hint: Option<CgroupHint>,
+    info: Option<DockerContainerInfo>,
+    agent: Option<EcsTask>,
+    pid: Option<i32>,
+    lifecycle: Lifecycle,
+    /// Source keys with a tailer running.
+    active: HashSet<String>,
+    /// An identification pass is in flight.
+    identifying: bool,
+    /// Docker's view was read at least once (files or API).
+    docker_known: bool,
+    /// Discovery sources that saw it since their last full scan.
+    seen_by: HashSet<DiscoverySource>,
+}
+
+/// Settings the inventory needs from the configuration.
+#[derive(Clone, Debug)]
+pub struct InventorySettings {
+    /// The whole configuration (host paths, tail settings).
+    pub config: Config,
+}
+
+/// The inventory task.
+pub struct Inventory {
+    config: Config,
+    store: Store,
+    layout: Option<CgroupLayout>,
+    docker: DockerApi,
+    agent: Arc<EcsAgentClient>,
+    batch_tx: mpsc::Sender<Batch>,
+    entries: HashMap<ContainerId, Entry>,
+    identified_tx: mpsc::Sender<Identified>,
+    identified_rx: mpsc::Receiver<Identified>,
+    finished_tx: mpsc::Sender<(ContainerId, String)>,
+    finished_rx: mpsc::Receiver<(ContainerId, String)>,
+    tailers: TaskTracker,
+    tail_shutdown: CancellationToken,
+}
+
+impl Inventory {
+    /// Builds the inventory. Tailers it starts stop on `tail_shutdown`.
+    pub fn new(
+        config: Config,
+        store: Store,
+        layout: Option<CgroupLayout>,
+        docker: DockerApi,
+        agent: Arc<EcsAgentClient>,
+        batch_tx: mpsc::Sender<Batch>,
+        tail_shutdown: CancellationToken,
+    ) -> Self {
+        let (identified_tx, identified_rx) = mpsc::channel(256);
+        let (finished_tx, finished_rx) = mpsc::channel(256);
+        Self {
+            config,
+            store,
+            layout,
+            docker,
+            agent,
+            batch_tx,
+            entries: HashMap::new(),
+            identified_tx,
+            identified_rx,
+            finished_tx,
+            finished_rx,
+            tailers: TaskTracker::new(),
+            tail_shutdown,
+        }
+    }
+
+    /// Runs until `events` closes or `stop` fires, then waits for its tailers to stop (they
+    /// stop on the tail shutdown token) and returns.
+    pub async fn run(mut self, mut events: mpsc::Receiver<ContainerEvent>, stop: CancellationToken) {
+        let mut globs = tokio::time::interval(self.config.tail.glob_interval);
+        globs.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                ev = events.recv() => match ev {
+                    Some(ev) => self.on_event(ev),
+                    None => break,
+                },
+                Some(done) = self.identified_rx.recv() => self.on_identified(done),
+                Some((id, key)) = self.finished_rx.recv() => self.on_source_finished(&id, &key),
+                _ = globs.tick() => self.refresh_declared_files(),
+            }
+        }
+        self.tailers.close();
+        self.tailers.wait().await;
+    }
+
+    fn on_event(&mut self, ev: ContainerEvent) {
+        match ev {
+            ContainerEvent::Seen(s) => self.on_seen(s),
+            ContainerEvent::Exited { container_id, source } => {
+                debug!(%container_id, via = source.as_str(), "Container exited.");
+                self.reidentify(&container_id);
+                self.set_lifecycle(&container_id, Lifecycle::Exited);
+            }
+            ContainerEvent::Removed { container_id, source } => {
+                debug!(%container_id, via = source.as_str(), "Container removed.");
+                self.set_lifecycle(&container_id, Lifecycle::Removed);
+            }
+            ContainerEvent::ScanComplete { source } => self.on_scan_complete(source),
+        }
+    }
+
+    fn on_seen(&mut self, s: Sighting) {
+        let id = s.container_id.clone();
+        let is_new = !self.entries.contains_key(&id);
+        if is_new {
+            internal_events::ContainerDiscovered { container_id: id.as_str(), source: s.source.as_str() }.emit();
+            let hint = s.cgroup_path.as_deref().and_then(cgroup::parse_cgroup_path);
+            let identity = ContainerIdentity::new(id.clone());
+            let (identity_tx, _) = watch::channel(Arc::new(identity));
+            let (running_tx, _) = watch::channel(true);
+            self.entries.insert(
+                id.clone(),
+                Entry {
+                    identity_tx,
+                    running_tx,
+                    hint,
+                    info: None,
+                    agent: None,
+                    pid: None,
+                    lifecycle: Lifecycle::Running,
+                    active: HashSet::new(),
+                    identifying: false,
+                    docker_known: false,
+                    seen_by: HashSet::new(),
+                },
+            );
+        }
+        let layout = self.layout.clone();
+        let Some(e) = self.entries.get_mut(&id) else { return };
+        e.seen_by.insert(s.source);
+        let mut changed = false;
+        if let Some(path) = &s.cgroup_path {
+            if e.hint.is_none() {
+                e.hint = cgroup::parse_cgroup_path(path);
+            }
+            let current = e.identity_tx.borrow().clone();
+            if current.cgroup_path.as_deref() != Some(path.as_str()) || current.cgroup_id.is_none() {
+                let mut next = (*current).clone();
+                next.cgroup_path = Some(path.clone());
+                next.cgroup_id = s.cgroup_id.or_else(|| layout.as_ref().and_then(|l| cgroup::cgroup_id(l, path).ok()));
+                e.identity_tx.send_replace(Arc::new(next));
+                changed = true;
+            }
+        }
+        if let Some(pid) = s.pid {
+            e.pid = Some(pid);
+        }
+        // A live process (procfs/cgroupfs) or Docker's start event on a container thought
+        // gone means it runs again (restart policy, `docker start`).
+        let live = s.pid.is_some() || matches!(s.source, DiscoverySource::Cgroupfs | DiscoverySource::DockerApi);
+        if e.lifecycle != Lifecycle::Running && live && e.lifecycle != Lifecycle::Removed {
+            e.lifecycle = Lifecycle::Running;
+            e.running_tx.send_replace(true);
+            changed = true;
+        }
+        if is_new || changed || !e.docker_known {
+            self.reidentify(&id);
+        }
+    }
+
+    /// Starts a background identification pass unless one is in flight.
+    fn reidentify(&mut self, id: &ContainerId) {
+        let Some(e) = self.entries.get_mut(id) else { return };
+        if e.identifying {
+            return;
+        }
+        e.identifying = true;
+        let docker_root = self.config.host.docker_root.clone();
+        let docker = self.docker.clone();
+        let agent = self.agent.clone();
+        let hint = e.hint.clone();
+        let id = id.clone();
+        let tx = self.identified_tx.clone();
+        tokio::spawn(async move {
+            let done = identify(id, hint, docker_root, docker, agent).await;
+            let _ = tx.send(done).await;
+        });
+    }
+
+    fn on_identified(&mut self, done: Identified) {
+        let Some(e) = self.entries.get_mut(&done.container_id) else { return };
+        e.identifying = false;
+        if let Some(info) = done.info {
+            e.docker_known = true;
+            if !info.state.running && info.state.finished_at.is_some() && e.lifecycle == Lifecycle::Running && e.pid.is_none() {
+                e.lifecycle = Lifecycle::Exited;
+                e.running_tx.send_replace(false);
+            }
+            if info.state.running && info.state.pid > 0 {
+                e.pid = Some(info.state.pid);
+            }
+            e.info = Some(info);
+        }
+        if done.agent.is_some() {
+            e.agent = done.agent;
+        }
+        let identity = build_identity(&e.identity_tx.borrow(), e.hint.as_ref(), e.info.as_ref(), e.agent.as_ref());
+        e.identity_tx.send_replace(Arc::new(identity.clone()));
+        let (exit_code, oom) = match &e.info {
+            Some(i) if !i.state.running => (i.state.exit_code, Some(i.state.oom_killed)),
+            _ => (None, None),
+        };
+        if let Err(err) = self.store.record_container(&identity, e.lifecycle, exit_code, oom) {
+            internal_events::CheckpointWriteError { error: &err }.emit();
+        }
+        let id = done.container_id;
+        self.ensure_output_source(&id);
+        self.start_declared_files(&id);
+    }
+
+    fn set_lifecycle(&mut self, id: &ContainerId, lifecycle: Lifecycle) {
+        let Some(e) = self.entries.get_mut(id) else { return };
+        if e.lifecycle == Lifecycle::Removed {
+            return;
+        }
+        e.lifecycle = lifecycle;
+        e.running_tx.send_replace(false);
+        e.pid = None;
+        let identity = e.identity_tx.borrow().clone();
+        let (exit_code, oom) = match &e.info {
+            Some(i) => (i.state.exit_code, Some(i.state.oom_killed)),
+            None => (None, None),
+        };
+        if let Err(err) = self.store.record_container(&identity, lifecycle, exit_code, oom) {
+            internal_events::CheckpointWriteError { error: &err }.emit();
+        }
+    }
+
+    /// A discovery source finished a full scan: containers it no longer sees may be gone.
+    fn on_scan_complete(&mut self, source: DiscoverySource) {
+        let mut gone = Vec::new();
+        let mut check = Vec::new();
+        for (id, e) in &mut self.entries {
+            let seen = e.seen_by.remove(&source);
+            if seen || e.lifecycle == Lifecycle::Removed {
+                continue;
+            }
+            match source {
+                // Docker keeps a directory per container until `docker rm`.
+                DiscoverySource::DockerRoot if e.docker_known => gone.push(id.clone()),
+                // No process left: confirm with Docker's state before calling it exited.
+                DiscoverySource::Procfs if e.lifecycle == Lifecycle::Running => check.push(id.clone()),
+                _ => {}
+            }
+        }
+        for id in gone {
+            self.set_lifecycle(&id, Lifecycle::Removed);
+        }
+        for id in check {
+            let docker_says_running = self.entries.get(&id).and_then(|e| e.info.as_ref()).is_some_and(|i| i.state.running);
+            let dir = self.config.host.docker_root.join("containers").join(id.as_str());
+            match docker_config::read_container_info(&self.config.host.docker_root, &id) {
+                Ok(info) if info.state.running => {
+                    if let Some(e) = self.entries.get_mut(&id) {
+                        e.info = Some(info);
+                    }
+                }
+                Ok(info) => {
+                    if let Some(e) = self.entries.get_mut(&id) {
+                        e.info = Some(info);
+                    }
+                    self.set_lifecycle(&id, Lifecycle::Exited);
+                }
+                Err(_) if !dir.exists() && !docker_says_running => self.set_lifecycle(&id, Lifecycle::Exited),
+                Err(_) => {}
+            }
+        }
+        // Retry identities that are still incomplete (Docker socket was down, agent slow).
+        let incomplete: Vec<ContainerId> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| !e.docker_known && e.lifecycle != Lifecycle::Removed)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in incomplete {
+            self.reidentify(&id);
+        }
+    }
+
+    fn on_source_finished(&mut self, id: &ContainerId, key: &str) {
+        let restart = match self.entries.get_mut(id) {
+            Some(e) => {
+                e.active.remove(key);
+                e.lifecycle == Lifecycle::Running && *e.running_tx.borrow()
+            }
+            None => false,
+        };
+        if restart {
+            // It came back while its tailer was finishing.
+            self.ensure_output_source(id);
+            self.start_declared_files(id);
+        }
+    }
+
+    /// Starts the tailer of the container's stdout/stderr log when it has none.
+    fn ensure_output_source(&mut self, id: &ContainerId) {
+        let Some(e) = self.entries.get(id) else { return };
+        let json_file = match &e.info {
+            Some(info) => info.log_driver.as_deref().is_none_or(|d| d == "json-file"),
+            // Not readable yet: Docker is the only runtime whose files we know; wait for
+            // its files to appear rather than guess for others.
+            None => e.hint.as_ref().is_some_and(|h| h.runtime == crate::identify::Runtime::Docker),
+        };
+        if !json_file {
+            return;
+        }
+        // Docker's own LogPath names the host path as Docker sees it; when the collector runs
+        // with the host mounted elsewhere, the configured docker_root is the truth.
+        let path = self.config.host.docker_root.join("containers").join(id.as_str()).join(format!("{id}-json.log"));
+        let info = Arc::new(SourceInfo::container_output(id.clone()));
+        self.start_tailer(info, path, LogFormat::DockerJson);
+    }
+
+    fn start_declared_files(&mut self, id: &ContainerId) {
+        let Some(e) = self.entries.get(id) else { return };
+        let Some(info) = &e.info else { return };
+        let declared = labels::declared_log_globs(&info.labels);
+        for (glob, why) in &declared.rejected {
+            warn!(container_id = %id, glob = %glob, reason = why, "Declared log path rejected.");
+        }
+        if declared.globs.is_empty() {
+            return;
+        }
+        let running = e.lifecycle == Lifecycle::Running;
+        let pid = if running { e.pid } else { None };
+        let mut found = Vec::new();
+        for g in &declared.globs {
+            found.extend(resolve_declared(Path::new(g), &info.mounts, pid, &self.config.host.procfs_root));
+        }
+        for (container_path, host_path) in found {
+            let info = Arc::new(SourceInfo::declared_file(id.clone(), container_path));
+            self.start_tailer(info, host_path, LogFormat::Plain);
+        }
+    }
+
+    fn refresh_declared_files(&mut self) {
+        let ids: Vec<ContainerId> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.lifecycle == Lifecycle::Running && e.info.as_ref().is_some_and(|i| i.labels.contains_key(labels::COLLECTOR_LOGS)))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            self.start_declared_files(&id);
+        }
+    }
+
+    fn start_tailer(&mut self, info: Arc<SourceInfo>, path: PathBuf, format: LogFormat) {
+        let Some(e) = self.entries.get_mut(&info.container_id) else { return };
+        if e.active.contains(&info.key) {
+            return;
+        }
+        // A source whose container is gone and whose tailer already finished has nothing new.
+        let spec = SourceSpec {
+            info: info.clone(),
+            path,
+            format,
+            identity: e.identity_tx.subscribe(),
+            running: e.running_tx.subscribe(),
+        };
+        let tailer = match Tailer::new(spec, self.config.tail.clone(), self.store.clone(), self.batch_tx.clone()) {
+            Ok(t) => t,
+            Err(err) => {
+                warn!(source = %info.key, error = %internal_events::chain(&err), "Cannot start tailer; will retry.");
+                return;
+            }
+        };
+        e.active.insert(info.key.clone());
+        let finished = self.finished_tx.clone();
+        let shutdown = self.tail_shutdown.clone();
+        self.tailers.spawn(async move {
+            let outcome = spawn_run(tailer, shutdown).await;
+            if outcome == crate::tail::tailer::TailOutcome::Finished {
+                let _ = finished.send((info.container_id.clone(), info.key.clone())).await;
+            }
+        });
+    }
+}
+
+/// Reads Docker's view (files first: they work without the socket; then the API), then asks
+/// the ECS agent when the labels do not name the task.
+async fn identify(
+    id: ContainerId,
+    hint: Option<CgroupHint>,
+    docker_root: PathBuf,
+    docker: DockerApi,
+    agent: Arc<EcsAgentClient>,
+) -> Identified {
+    let from_files = {
+        let (root, id) = (docker_root.clone(), id.clone());
+        tokio::task::spawn_blocking(move || docker_config::read_container_info(&root, &id)).await
+    };
+    let info = match from_files {
+        Ok(Ok(info)) => Some(info),
+        Ok(Err(err)) => {
+            internal_events::IdentifyError { container_id: id.as_str(), via: "docker_root", error: &err }.emit();
+            match docker.inspect(&id).await {
+                Ok(info) => Some(info),
+                Err(err) => {
+                    internal_events::IdentifyError { container_id: id.as_str(), via: "docker_api", error: &err }.emit();
+                    None
+                }
+            }
+        }
+        Err(_) => None,
+    };
+    let labelled = info.as_ref().and_then(|i| labels::ecs_from_labels(&i.labels));
+    let complete = labelled.as_ref().is_some_and(|e| e.task_arn.is_some() && e.container_name.is_some() && e.family.is_some());
+    let might_be_ecs = labelled.is_some() || hint.as_ref().is_some_and(|h| h.task_id.is_some());
+    let mut agent_task = None;
+    if might_be_ecs && !complete {
+        match agent.task_for_container(&id).await {
+            Ok(Some(task)) => {
+                let cluster = agent.metadata().await.ok().and_then(|m| m.cluster);
+                agent_task = Some(task.ecs_task(&id, cluster.as_deref()));
+            }
+            Ok(None) => {}
+            Err(err) => internal_events::IdentifyError { container_id: id.as_str(), via: "ecs_agent", error: &err }.emit(),
+        }
+    }
+    Identified { container_id: id, info, agent: agent_task }
+}
+
+/// Merges every source into one identity; earlier sources are the more specific.
+fn build_identity(
+    previous: &ContainerIdentity,
+    hint: Option<&CgroupHint>,
+    info: Option<&DockerContainerInfo>,
+    agent: Option<&EcsTask>,
+) -> ContainerIdentity {
+    let mut identity = previous.clone();
+    if let Some(info) = info {
+        identity.docker_name = Some(info.name.clone());
+        identity.image = Some(info.image.clone());
+        identity.labels = info.labels.clone();
+    }
+    let mut ecs = info.and_then(|i| labels::ecs_from_labels(&i.labels)).unwrap_or_default();
+    if let Some(a) = agent {
+        ecs.merge_from(a);
+    }
+    if let Some(h) = hint {
+        ecs.merge_from(&EcsTask { task_id: h.task_id.clone(), ..Default::default() });
+    }
+    if let Some(prev) = &previous.ecs {
+        ecs.merge_from(prev);
+    }
+    identity.ecs = (ecs != EcsTask::default()).then_some(ecs);
+    identity.group = labels::group_of(&identity.labels, hint, identity.ecs.as_ref());
+    identity
+}
+
+/// Resolves a declared glob (a path inside the container) to host files: through the bind
+/// mount or volume that holds it (works after the container exits), else through
+/// `/proc/<pid>/root` while it runs. Returns `(path in container, host path)` pairs. Rotated
+/// siblings (`x.log.1`) and compressed archives are left to the tailer of their base file.
+fn resolve_declared(glob_in_container: &Path, mounts: &[crate::identify::Mount], pid: Option<i32>, procfs_root: &Path) -> Vec<(PathBuf, PathBuf)> {
+    let best = mounts
+        .iter()
+        .filter(|m| glob_in_container.starts_with(&m.destination))
+        .max_by_key(|m| m.destination.components().count());
+    let (host_prefix, container_prefix): (PathBuf, PathBuf) = match (best, pid) {
+        (Some(m), _) => (m.source.clone(), m.destination.clone()),
+        (None, Some(pid)) => (procfs_root.join(pid.to_string()).join("root"), PathBuf::from("/")),
+        (None, None) => return Vec::new(),
+    };
+    let Ok(rest) = glob_in_container.strip_prefix(&container_prefix) else { return Vec::new() };
+    if rest.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Vec::new();
+    }
+    let pattern = host_prefix.join(rest);
+    let Some(pattern_str) = pattern.to_str() else { return Vec::new() };
+    let Ok(paths) = glob::glob(pattern_str) else { return Vec::new() };
+    let mut out = Vec::new();
+    for host in paths.flatten() {
+        if !host.is_file() || is_rotated_or_archive(&host) {
+            continue;
+        }
+        if let Ok(rel) = host.strip_prefix(&host_prefix) {
+            out.push((container_prefix.join(rel), host.clone()));
+        }
+    }
+    out
+}
+
+fn is_rotated_or_archive(p: &Path) -> bool {
+    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if [".gz", ".xz", ".zst", ".bz2"].iter().any(|s| name.ends_with(s)) {
+        return true;
+    }
+    match name.rsplit_once('.') {
+        Some((base, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => p.with_file_name(base).exists(),
+        _ => false,
+    }
+}
+
+/// How long a drained inventory waits for identity passes in flight at shutdown.
+pub const IDENTIFY_GRACE: Duration = Duration::from_millis(200);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identify::Mount;
+
+    #[test]
+    fn declared_globs_resolve_through_mounts_and_skip_rotated() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = dir.path().join("vol");
+        std::fs::create_dir_all(host.join("sub")).unwrap();
+        for f in ["a.log", "a.log.1", "b.log", "b.log.2.gz", "sub/c.log", "x.txt"] {
+            std::fs::write(host.join(f), b"").unwrap();
+        }
+        let mounts = vec![
+            Mount { source: PathBuf::from("/nonexistent"), destination: PathBuf::from("/var") },
+            Mount { source: host.clone(), destination: PathBuf::from("/var/log/app") },
+        ];
+        let mut got = resolve_declared(Path::new("/var/log/app/*.log"), &mounts, None, Path::new("/proc"));
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                (PathBuf::from("/var/log/app/a.log"), host.join("a.log")),
+                (PathBuf::from("/var/log/app/b.log"), host.join("b.log")),
+            ]
+        );
+        assert!(resolve_declared(Path::new("/elsewhere/*.log"), &mounts, None, Path::new("/proc")).is_empty());
+    }
+
+    #[test]
+    fn declared_globs_resolve_through_proc_root_while_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("42/root/tmp");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("x.log"), b"").unwrap();
+        let got = resolve_declared(Path::new("/tmp/x.log"), &[], Some(42), dir.path());
+        assert_eq!(got, vec![(PathBuf::from("/tmp/x.log"), root.join("x.log"))]);
+    }
+}

@@ -19,6 +19,7 @@
 //! - [`internal_events`]: self-telemetry (logs + counters).
 
 pub mod app;
+pub mod batch;
 pub mod config;
 pub mod discover;
 pub mod identify;

@@ -1,1 +1,410 @@
-//! config
+//! The TOML configuration: defaults, layering, validation.
+//!
+//! Layers, later wins: built-in defaults < the TOML file (`--config`, `COLLECTOR_CONFIG`, or
+//! `/etc/collector/config.toml` when present) < `COLLECTOR_*` environment variables (nested
+//! keys joined with `__`, e.g. `COLLECTOR_HOST__DOCKER_SOCKET`) < command-line flags. Unknown
+//! keys anywhere are an error that names the key. The `///` comments on the fields below are
+//! the reference documentation (`docs/configuration.md` mirrors them).
+
+mod paths;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+pub use paths::HostConfig;
+
+/// The configuration file read when none is named and it exists.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/collector/config.toml";
+
+/// The default data directory: SQLite state and the local sink's files.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/collector";
+
+/// Errors while loading or validating the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The configuration file named explicitly does not exist or cannot be read.
+    #[error("cannot read configuration file {path}")]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A key has a bad value, is unknown, or the TOML does not parse.
+    #[error("invalid configuration{}: {message}{}", key_hint(.key), env_hint(.key))]
+    Invalid {
+        /// The dotted key path, when the error is tied to one.
+        key: Option<String>,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn key_hint(key: &Option<String>) -> String {
+    key.as_ref().map(|k| format!(" at `{k}`")).unwrap_or_default()
+}
+
+fn env_hint(key: &Option<String>) -> String {
+    match key {
+        Some(k) if !k.is_empty() => format!(
+            " (set in the TOML file or as COLLECTOR_{})",
+            k.replace('.', "__").to_ascii_uppercase()
+        ),
+        _ => String::new(),
+    }
+}
+
+impl From<figment::Error> for ConfigError {
+    fn from(e: figment::Error) -> Self {
+        let key = (!e.path.is_empty()).then(|| e.path.join("."));
+        ConfigError::Invalid { key, message: e.kind.to_string() }
+    }
+}
+
+/// The whole configuration (`*Config`: as the user wrote it; validated by [`Config::validate`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the collector keeps its state (`state.db`, SQLite) and, by default, the local
+    /// sink's files (`logs/`). One directory, so backing up or wiping the collector is one
+    /// path. Flag `--data-dir`, env `COLLECTOR_DATA_DIR`.
+    pub data_dir: PathBuf,
+    /// Host paths, so the collector can run in a container with the host mounted elsewhere.
+    pub host: HostConfig,
+    /// The ECS agent.
+    pub ecs: EcsConfig,
+    /// Container discovery.
+    pub discovery: DiscoveryConfig,
+    /// Log file reading.
+    pub tail: TailConfig,
+    /// Where records go.
+    pub sinks: SinksConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            host: HostConfig::default(),
+            ecs: EcsConfig::default(),
+            discovery: DiscoveryConfig::default(),
+            tail: TailConfig::default(),
+            sinks: SinksConfig::default(),
+        }
+    }
+}
+
+/// The ECS agent's introspection API.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EcsConfig {
+    /// Base URI of the agent introspection API (`/v1/tasks?dockerid=`); the agent listens on
+    /// the host network at port 51678. Asked only for containers whose labels do not already
+    /// name their task.
+    pub agent_uri: String,
+    /// Per-request timeout: the agent answers from memory, so a slow answer means trouble and
+    /// must not hold up tailing.
+    #[serde(with = "humantime_serde")]
+    pub agent_timeout: Duration,
+    /// How long an agent answer (found or not found) is reused.
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+}
+
+impl Default for EcsConfig {
+    fn default() -> Self {
+        Self {
+            agent_uri: "http://127.0.0.1:51678".to_owned(),
+            agent_timeout: Duration::from_millis(500),
+            cache_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Container discovery.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoveryConfig {
+    /// Full rescan of procfs, cgroupfs and the Docker root, repairing what events missed
+    /// (inotify queue overflow, a restarted Docker, an absent socket).
+    #[serde(with = "humantime_serde")]
+    pub rescan_interval: Duration,
+    /// Follow the Docker events stream (through `host.docker_socket`).
+    pub docker_events: bool,
+    /// Watch cgroupfs with inotify.
+    pub cgroup_inotify: bool,
+    /// How long an exited container's history (identity, counts) is kept in SQLite.
+    #[serde(with = "humantime_serde")]
+    pub history_retention: Duration,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        Self {
+            rescan_interval: Duration::from_secs(10),
+            docker_events: true,
+            cgroup_inotify: true,
+            history_retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// Where a tailer starts in a file it has no checkpoint for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadFrom {
+    /// From the first byte: nothing written before the collector started is lost.
+    Beginning,
+    /// From the current end: only new lines.
+    End,
+}
+
+/// Log file reading.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TailConfig {
+    /// Longest line kept whole, in bytes; longer lines are cut into pieces of this size,
+    /// each marked as split (never dropped). Also bounds the memory a source holds for one
+    /// line. Docker's 16 KiB partial pieces are joined up to this size.
+    pub max_line_bytes: usize,
+    /// Size of one read; larger reads cost fewer syscalls per gigabyte.
+    pub read_bytes: usize,
+    /// How often an idle file is checked for new data, rotation and truncation (the longest
+    /// wait; a busy file is re-read at once).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// After its container exits, a file is read until it has been quiet this long, so the
+    /// runtime's last writes are not missed.
+    #[serde(with = "humantime_serde")]
+    pub exit_settle: Duration,
+    /// Where to start in a file that has no checkpoint.
+    pub read_from: ReadFrom,
+    /// How often declared-file globs are re-evaluated for new files.
+    #[serde(with = "humantime_serde")]
+    pub glob_interval: Duration,
+    /// Records buffered between the tailers and the sinks. Bounded: when sinks are slow,
+    /// tailers wait (files on disk are the buffer), nothing is dropped.
+    pub channel_batches: usize,
+}
+
+impl Default for TailConfig {
+    fn default() -> Self {
+        Self {
+            max_line_bytes: 2 * 1024 * 1024,
+            read_bytes: 256 * 1024,
+            poll_interval: Duration::from_millis(200),
+            exit_settle: Duration::from_millis(500),
+            read_from: ReadFrom::Beginning,
+            glob_interval: Duration::from_secs(2),
+            channel_batches: 64,
+        }
+    }
+}
+
+/// Where records go. A checkpoint advances only when every enabled sink has the batch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinksConfig {
+    /// The local directory sink (the default).
+    pub file: FileSinkConfig,
+    /// The discard sink: accepts and drops everything (benchmarks, dry runs).
+    pub discard: DiscardSinkConfig,
+}
+
+impl Default for SinksConfig {
+    fn default() -> Self {
+        Self { file: FileSinkConfig::default(), discard: DiscardSinkConfig { enabled: false } }
+    }
+}
+
+/// The local directory sink.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileSinkConfig {
+    /// On by default.
+    pub enabled: bool,
+    /// Root of the tree; defaults to `<data_dir>/logs`.
+    pub dir: Option<PathBuf>,
+    /// How often written files are fsynced. Checkpoints advance only after the sink's data is
+    /// in the files; a sync bounds what a power loss (not a process crash) can take.
+    #[serde(with = "humantime_serde")]
+    pub sync_interval: Duration,
+}
+
+impl Default for FileSinkConfig {
+    fn default() -> Self {
+        Self { enabled: true, dir: None, sync_interval: Duration::from_secs(1) }
+    }
+}
+
+/// The discard sink.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscardSinkConfig {
+    /// Off by default.
+    pub enabled: bool,
+}
+
+/// Command-line values that override everything else.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Loads the layered configuration.
+    ///
+    /// `file`: an explicitly named file must exist; without one, `/etc/collector/config.toml`
+    /// is read when present.
+    ///
+    /// # Errors
+    /// A named file that cannot be read, TOML that does not parse, an unknown key or a value
+    /// of the wrong type, and any failure of [`Config::validate`].
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        Self::load_from(file, overrides, Env::prefixed("COLLECTOR_").split("__"))
+    }
+
+    fn load_from(file: Option<&Path>, overrides: &Overrides, env: Env) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::ReadFile { path: path.to_owned(), source })?;
+                fig = fig.merge(Toml::string(&text));
+            }
+            None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
+                fig = fig.merge(Toml::file(DEFAULT_CONFIG_PATH));
+            }
+            None => {}
+        }
+        // COLLECTOR_CONFIG names the file itself; it is not a key.
+        fig = fig.merge(env.ignore(&["config"]));
+        if let Some(dir) = &overrides.data_dir {
+            fig = fig.merge(Serialized::default("data_dir", dir));
+        }
+        let config: Config = fig.extract()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Semantic checks that serde cannot express.
+    ///
+    /// # Errors
+    /// The first invalid value, with its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: &str| {
+            Err(ConfigError::Invalid { key: Some(key.to_owned()), message: message.to_owned() })
+        };
+        if self.tail.max_line_bytes < 1024 {
+            return bad("tail.max_line_bytes", "must be at least 1024");
+        }
+        if self.tail.read_bytes < 4096 || self.tail.read_bytes > 64 * 1024 * 1024 {
+            return bad("tail.read_bytes", "must be between 4096 and 67108864");
+        }
+        if self.tail.channel_batches == 0 {
+            return bad("tail.channel_batches", "must be at least 1");
+        }
+        if self.tail.poll_interval.is_zero() {
+            return bad("tail.poll_interval", "must be more than zero");
+        }
+        if self.discovery.rescan_interval < Duration::from_millis(100) {
+            return bad("discovery.rescan_interval", "must be at least 100ms");
+        }
+        if !self.sinks.file.enabled && !self.sinks.discard.enabled {
+            return bad("sinks", "at least one sink must be enabled");
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return bad("data_dir", "must not be empty");
+        }
+        Ok(())
+    }
+
+    /// The local sink's root directory.
+    pub fn file_sink_dir(&self) -> PathBuf {
+        self.sinks.file.dir.clone().unwrap_or_else(|| self.data_dir.join("logs"))
+    }
+
+    /// The SQLite state file.
+    pub fn state_path(&self) -> PathBuf {
+        self.data_dir.join("state.db")
+    }
+
+    /// The effective configuration as TOML (`--print-config`).
+    ///
+    /// # Errors
+    /// Only if serialisation fails, which would be a bug.
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        toml::to_string(self).map_err(|e| ConfigError::Invalid { key: None, message: e.to_string() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load_from(Some(&path), &Overrides::default(), Env::prefixed("COLLECTOR_TEST_NONE_"))
+    }
+
+    #[test]
+    fn empty_file_is_the_embedded_default() {
+        assert_eq!(load_str("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let cases = [
+            ("bogus = 1", "bogus"),
+            ("[host]\nprocfs = \"/x\"", "procfs"),
+            ("[sinks.file]\nenable = true", "enable"),
+        ];
+        for (text, key) in cases {
+            let err = load_str(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text:?} -> {err}");
+        }
+    }
+
+    #[test]
+    fn values_are_checked_with_their_key() {
+        let err = load_str("[tail]\nmax_line_bytes = 10").unwrap_err().to_string();
+        assert!(err.contains("tail.max_line_bytes"), "{err}");
+        assert!(err.contains("COLLECTOR_TAIL__MAX_LINE_BYTES"), "{err}");
+        let err = load_str("[tail]\npoll_interval = \"soon\"").unwrap_err().to_string();
+        assert!(err.contains("tail.poll_interval"), "{err}");
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let c = load_str("data_dir = \"/from/file\"\n[host]\nprocfs_root = \"/host/proc\"\n[tail]\npoll_interval = \"50ms\"").unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/from/file"));
+        assert_eq!(c.host.procfs_root, PathBuf::from("/host/proc"));
+        assert_eq!(c.tail.poll_interval, Duration::from_millis(50));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "data_dir = \"/from/file\"").unwrap();
+        let o = Overrides { data_dir: Some("/from/flag".into()) };
+        let c = Config::load_from(Some(&path), &o, Env::prefixed("COLLECTOR_TEST_NONE_")).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/from/flag"));
+    }
+
+    #[test]
+    fn a_named_missing_file_is_an_error() {
+        let err = Config::load(Some(Path::new("/nonexistent/c.toml")), &Overrides::default()).unwrap_err();
+        assert!(matches!(err, ConfigError::ReadFile { .. }));
+    }
+
+    #[test]
+    fn printed_config_round_trips() {
+        let text = Config::default().to_toml().unwrap();
+        assert_eq!(load_str(&text).unwrap(), Config::default());
+    }
+}

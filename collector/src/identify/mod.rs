@@ -36,12 +36,14 @@ impl ContainerId {
         if s.len() == 64 && is_hex(s) {
             return Some(Self(s.to_owned()));
         }
-        if let Some((task, digits)) = s.split_once('-') {
-            if task.len() == 32 && is_hex(task) && !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-                return Some(Self(s.to_owned()));
+        match s.split_once('-') {
+            Some((task, digits))
+                if task.len() == 32 && is_hex(task) && !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                Some(Self(s.to_owned()))
             }
+            _ => None,
         }
-        None
     }
 
     /// The full id.

@@ -1,1 +1,204 @@
-//! events
+//! Self-telemetry: one struct per event, `emit()` logs it and counts it.
+//!
+//! Counters are process-wide atomics read by the control API's `/metrics` (and by tests);
+//! their names follow `collector_<name>[_<unit>]_total` and live in [`names`]. Labels are
+//! low-cardinality only: never a container id or task ARN (those go in the log line).
+
+pub mod names;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tracing::{debug, info, warn};
+
+use crate::tail::format::DecodeError;
+
+/// Process-wide counters.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Containers discovered (first sighting).
+    pub containers_discovered: AtomicU64,
+    /// Log lines skipped as corrupt.
+    pub lines_skipped: AtomicU64,
+    /// Rotations followed.
+    pub files_rotated: AtomicU64,
+    /// Truncations seen.
+    pub files_truncated: AtomicU64,
+    /// Records delivered to every sink.
+    pub records_delivered: AtomicU64,
+    /// Message bytes delivered to every sink.
+    pub bytes_delivered: AtomicU64,
+    /// Batches a sink refused (retried).
+    pub sink_errors: AtomicU64,
+    /// Checkpoint commits that failed (retried).
+    pub checkpoint_errors: AtomicU64,
+    /// Identity look-ups that failed (Docker, ECS agent).
+    pub identify_errors: AtomicU64,
+}
+
+/// The counters.
+pub static COUNTERS: Counters = Counters {
+    containers_discovered: AtomicU64::new(0),
+    lines_skipped: AtomicU64::new(0),
+    files_rotated: AtomicU64::new(0),
+    files_truncated: AtomicU64::new(0),
+    records_delivered: AtomicU64::new(0),
+    bytes_delivered: AtomicU64::new(0),
+    sink_errors: AtomicU64::new(0),
+    checkpoint_errors: AtomicU64::new(0),
+    identify_errors: AtomicU64::new(0),
+};
+
+fn inc(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// A container was seen for the first time.
+pub struct ContainerDiscovered<'a> {
+    /// Its id.
+    pub container_id: &'a str,
+    /// Who saw it.
+    pub source: &'static str,
+}
+
+impl ContainerDiscovered<'_> {
+    /// Logs and counts.
+    pub fn emit(self) {
+        inc(&COUNTERS.containers_discovered, 1);
+        info!(container_id = %self.container_id, via = self.source, "Container discovered.");
+    }
+}
+
+/// A corrupt line was skipped.
+pub struct LogLineSkipped<'a> {
+    /// Source key.
+    pub source: &'a str,
+    /// What was wrong.
+    pub error: &'a DecodeError,
+}
+
+impl LogLineSkipped<'_> {
+    /// Logs and counts. The log is rate-limited to the first few and then every 1000th,
+    /// so a corrupt file cannot flood the collector's own log.
+    pub fn emit(self) {
+        let n = COUNTERS.lines_skipped.fetch_add(1, Ordering::Relaxed);
+        if n < 10 || n.is_multiple_of(1000) {
+            warn!(source = %self.source, error = %self.error, skipped_total = n + 1, "Corrupt log line skipped.");
+        }
+    }
+}
+
+/// A log file was rotated and the new file picked up.
+pub struct LogFileRotated<'a> {
+    /// Source key.
+    pub source: &'a str,
+    /// The new file.
+    pub path: &'a Path,
+}
+
+impl LogFileRotated<'_> {
+    /// Logs and counts.
+    pub fn emit(self) {
+        inc(&COUNTERS.files_rotated, 1);
+        debug!(source = %self.source, path = %self.path.display(), "Log file rotated.");
+    }
+}
+
+/// A log file shrank below the read offset.
+pub struct LogFileTruncated<'a> {
+    /// Source key.
+    pub source: &'a str,
+    /// The file.
+    pub path: &'a Path,
+    /// Its new size.
+    pub size: u64,
+    /// Where we were.
+    pub offset: u64,
+}
+
+impl LogFileTruncated<'_> {
+    /// Logs and counts.
+    pub fn emit(self) {
+        inc(&COUNTERS.files_truncated, 1);
+        warn!(source = %self.source, path = %self.path.display(), size = self.size, offset = self.offset,
+            "Log file truncated; reading it again from the start.");
+    }
+}
+
+/// Every sink acknowledged a batch.
+pub struct BatchDelivered {
+    /// Records.
+    pub records: u64,
+    /// Message bytes.
+    pub bytes: u64,
+}
+
+impl BatchDelivered {
+    /// Counts (no log: per batch, hot).
+    pub fn emit(self) {
+        inc(&COUNTERS.records_delivered, self.records);
+        inc(&COUNTERS.bytes_delivered, self.bytes);
+    }
+}
+
+/// A sink failed to take a batch; it will be retried.
+pub struct SinkSendError<'a> {
+    /// Sink name.
+    pub sink: &'static str,
+    /// The error.
+    pub error: &'a dyn std::error::Error,
+}
+
+impl SinkSendError<'_> {
+    /// Logs and counts.
+    pub fn emit(self) {
+        let n = COUNTERS.sink_errors.fetch_add(1, Ordering::Relaxed);
+        if n < 10 || n.is_multiple_of(100) {
+            warn!(sink = self.sink, error = %crate::internal_events::chain(self.error), "Sink failed to take a batch; retrying.");
+        }
+    }
+}
+
+/// Persisting checkpoints failed; retried with the next batch.
+pub struct CheckpointWriteError<'a> {
+    /// The error.
+    pub error: &'a dyn std::error::Error,
+}
+
+impl CheckpointWriteError<'_> {
+    /// Logs and counts.
+    pub fn emit(self) {
+        inc(&COUNTERS.checkpoint_errors, 1);
+        warn!(error = %chain(self.error), "Checkpoint write failed; retrying.");
+    }
+}
+
+/// An identity look-up failed; the container keeps what is known and is retried on rescan.
+pub struct IdentifyError<'a> {
+    /// The container.
+    pub container_id: &'a str,
+    /// Which source.
+    pub via: &'static str,
+    /// The error.
+    pub error: &'a dyn std::error::Error,
+}
+
+impl IdentifyError<'_> {
+    /// Logs and counts.
+    pub fn emit(self) {
+        inc(&COUNTERS.identify_errors, 1);
+        debug!(container_id = %self.container_id, via = self.via, error = %chain(self.error), "Identity look-up failed.");
+    }
+}
+
+/// An error with its causes, `a: b: c`.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,7 +1,9 @@
 //! Read log files safely across rotation and truncation, and turn bytes into records.
 
+pub mod fingerprint;
 pub mod format;
 pub mod framing;
 pub mod record;
+pub mod tailer;
 
 pub use record::{LogRecord, StdStream};

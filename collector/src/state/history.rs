@@ -1,0 +1,208 @@
+//! Container history: identities and lifecycles, kept after Docker forgets a container so
+//! late lines and later questions (`inspect`) still resolve.
+
+use rusqlite::{OptionalExtension, params};
+
+use super::{StateError, Store, now_ms};
+use crate::identify::ContainerIdentity;
+
+/// Where a container is in its life, as far as the collector knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// Its process runs (or it was created and not yet seen exiting).
+    Running,
+    /// Its process exited; its files may still be read.
+    Exited,
+    /// The runtime removed it.
+    Removed,
+}
+
+impl Lifecycle {
+    /// Stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Exited => "exited",
+            Self::Removed => "removed",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "exited" => Self::Exited,
+            "removed" => Self::Removed,
+            _ => Self::Running,
+        }
+    }
+}
+
+/// A container as remembered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerRecord {
+    /// Everything known about it.
+    pub identity: ContainerIdentity,
+    /// Its lifecycle.
+    pub lifecycle: Lifecycle,
+    /// Exit code of the last run, when known.
+    pub exit_code: Option<i64>,
+    /// Whether the OOM killer ended it.
+    pub oom_killed: Option<bool>,
+    /// First time the collector saw it (ms since epoch).
+    pub first_seen_ms: i64,
+    /// When it was seen exiting.
+    pub exited_ms: Option<i64>,
+    /// When it was seen removed.
+    pub removed_ms: Option<i64>,
+}
+
+impl Store {
+    /// Records (or updates) a container's identity and lifecycle.
+    ///
+    /// # Errors
+    /// The write failed.
+    pub fn record_container(
+        &self,
+        identity: &ContainerIdentity,
+        lifecycle: Lifecycle,
+        exit_code: Option<i64>,
+        oom_killed: Option<bool>,
+    ) -> Result<(), StateError> {
+        let q = |source| StateError::Query { operation: "record container", source };
+        let json = serde_json::to_string(identity).map_err(|source| StateError::Decode { what: "identity", source })?;
+        let ecs = identity.ecs.as_ref();
+        let now = now_ms();
+        let (exited, removed) = match lifecycle {
+            Lifecycle::Running => (None, None),
+            Lifecycle::Exited => (Some(now), None),
+            Lifecycle::Removed => (Some(now), Some(now)),
+        };
+        self.lock()
+            .execute(
+                "INSERT INTO containers (container_id, docker_name, task_id, task_arn, cgroup_id, cgroup_path,
+                    lifecycle, exit_code, oom_killed, identity, first_seen_ms, last_seen_ms, exited_ms, removed_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13)
+                 ON CONFLICT (container_id) DO UPDATE SET
+                    docker_name = excluded.docker_name, task_id = excluded.task_id, task_arn = excluded.task_arn,
+                    cgroup_id = coalesce(excluded.cgroup_id, cgroup_id),
+                    cgroup_path = coalesce(excluded.cgroup_path, cgroup_path),
+                    lifecycle = excluded.lifecycle,
+                    exit_code = coalesce(excluded.exit_code, exit_code),
+                    oom_killed = coalesce(excluded.oom_killed, oom_killed),
+                    identity = excluded.identity, last_seen_ms = excluded.last_seen_ms,
+                    exited_ms = CASE WHEN excluded.lifecycle = 'running' THEN NULL ELSE coalesce(exited_ms, excluded.exited_ms) END,
+                    removed_ms = coalesce(removed_ms, excluded.removed_ms)",
+                params![
+                    identity.container_id.as_str(),
+                    identity.docker_name,
+                    ecs.and_then(|e| e.task_id.as_ref()).map(|t| t.as_str().to_owned()),
+                    ecs.and_then(|e| e.task_arn.as_ref()).map(|t| t.as_str().to_owned()),
+                    identity.cgroup_id.map(|c| c.0 as i64),
+                    identity.cgroup_path,
+                    lifecycle.as_str(),
+                    exit_code,
+                    oom_killed,
+                    json,
+                    now,
+                    exited,
+                    removed,
+                ],
+            )
+            .map_err(q)?;
+        Ok(())
+    }
+
+    /// A remembered container.
+    ///
+    /// # Errors
+    /// The read failed or the stored identity does not decode.
+    pub fn container(&self, container_id: &str) -> Result<Option<ContainerRecord>, StateError> {
+        let q = |source| StateError::Query { operation: "read container", source };
+        let row = self
+            .lock()
+            .query_row(
+                "SELECT identity, lifecycle, exit_code, oom_killed, first_seen_ms, exited_ms, removed_ms
+                 FROM containers WHERE container_id = ?1",
+                [container_id],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<i64>>(2)?,
+                        r.get::<_, Option<bool>>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, Option<i64>>(5)?,
+                        r.get::<_, Option<i64>>(6)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(q)?;
+        let Some((json, lifecycle, exit_code, oom_killed, first_seen_ms, exited_ms, removed_ms)) = row else {
+            return Ok(None);
+        };
+        let identity = serde_json::from_str(&json).map_err(|source| StateError::Decode { what: "identity", source })?;
+        Ok(Some(ContainerRecord {
+            identity,
+            lifecycle: Lifecycle::parse(&lifecycle),
+            exit_code,
+            oom_killed,
+            first_seen_ms,
+            exited_ms,
+            removed_ms,
+        }))
+    }
+
+    /// Forgets containers removed longer ago than `retention_ms`, with their sources and
+    /// checkpoints.
+    ///
+    /// # Errors
+    /// The write failed.
+    pub fn expire_history(&self, retention_ms: i64) -> Result<usize, StateError> {
+        let q = |source| StateError::Query { operation: "expire history", source };
+        let cutoff = now_ms() - retention_ms;
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(q)?;
+        tx.execute(
+            "DELETE FROM checkpoints WHERE source IN (SELECT s.source FROM sources s JOIN containers c
+               ON s.container_id = c.container_id WHERE c.removed_ms IS NOT NULL AND c.removed_ms < ?1)",
+            [cutoff],
+        )
+        .map_err(q)?;
+        tx.execute(
+            "DELETE FROM sources WHERE container_id IN (SELECT container_id FROM containers
+               WHERE removed_ms IS NOT NULL AND removed_ms < ?1)",
+            [cutoff],
+        )
+        .map_err(q)?;
+        let n = tx
+            .execute("DELETE FROM containers WHERE removed_ms IS NOT NULL AND removed_ms < ?1", [cutoff])
+            .map_err(q)?;
+        tx.commit().map_err(q)?;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identify::{ContainerId, EcsTask, TaskId};
+
+    #[test]
+    fn history_survives_exit_and_removal() {
+        let s = Store::in_memory().unwrap();
+        let mut id = ContainerIdentity::new(ContainerId::parse(&"a".repeat(64)).unwrap());
+        id.ecs = Some(EcsTask { task_id: TaskId::parse(&"b".repeat(32)), ..Default::default() });
+        s.record_container(&id, Lifecycle::Running, None, None).unwrap();
+        s.record_container(&id, Lifecycle::Exited, Some(137), Some(true)).unwrap();
+        s.record_container(&id, Lifecycle::Removed, None, None).unwrap();
+        let r = s.container(&"a".repeat(64)).unwrap().unwrap();
+        assert_eq!(r.lifecycle, Lifecycle::Removed);
+        assert_eq!(r.exit_code, Some(137));
+        assert_eq!(r.oom_killed, Some(true));
+        assert!(r.exited_ms.is_some() && r.removed_ms.is_some());
+        assert_eq!(r.identity, id);
+        assert_eq!(s.expire_history(3_600_000).unwrap(), 0);
+        assert_eq!(s.expire_history(-1).unwrap(), 1);
+        assert!(s.container(&"a".repeat(64)).unwrap().is_none());
+    }
+}

@@ -1,0 +1,530 @@
+//! One tailer per log source: follows a file chain across rotation and truncation, and sends
+//! batches whose acknowledgement moves the checkpoint.
+//!
+//! # How a pass works
+//! Each pass of the loop:
+//! 1. looks for files newer than the ones held (a rename-rotation leaves the old file as
+//!    `path.1` and creates a new `path`; Docker's `max-file` shifts `.1` to `.2` and so on) and
+//!    opens them at once: an open descriptor keeps a rotated file readable even after it is
+//!    deleted, so a slow sink does not turn rotation into loss;
+//! 2. reads the current file in large chunks and frames and decodes them, cutting a batch per
+//!    pass (bounded bytes and records), and waits for the sinks' channel (backpressure: the
+//!    file on disk is the buffer);
+//! 3. at end of file: if a newer file was already held before the read began, the current one
+//!    is finished (nothing more can arrive in it) and the next one starts; if the file shrank
+//!    below our offset it was truncated (copytruncate) and reading restarts at 0, counted; if
+//!    the container has exited and the file stayed quiet for `exit_settle`, the source ends.
+//!
+//! The checkpoint sent with a batch never passes the start of a partial line held in the
+//! decoder, so a crash re-reads rather than loses it.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, ErrorKind};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::fingerprint::Fingerprint;
+use super::format::{Decoder, LogFormat};
+use super::framing::LineFramer;
+use super::record::LogRecord;
+use crate::batch::{Batch, SourceInfo};
+use crate::config::{ReadFrom, TailConfig};
+use crate::identify::ContainerIdentity;
+use crate::internal_events;
+use crate::state::{Checkpoint, CheckpointUpdate, SourceCounters, Store};
+
+/// Records per batch at most: bounds the memory of one batch independently of line size.
+const MAX_BATCH_RECORDS: usize = 8192;
+
+/// Highest rotated suffix looked at (`path.1` .. `path.N`).
+const MAX_ROTATED_SIBLINGS: u32 = 64;
+
+/// Finished files remembered so a rescan of siblings does not read them again.
+const COMPLETED_MEMORY: usize = 64;
+
+/// What a tailer needs to know about its source.
+#[derive(Debug)]
+pub struct SourceSpec {
+    /// The source.
+    pub info: Arc<SourceInfo>,
+    /// Host path of the live file.
+    pub path: PathBuf,
+    /// How its lines are encoded.
+    pub format: LogFormat,
+    /// The container's identity; updates (enrichment) apply to the next batch.
+    pub identity: watch::Receiver<Arc<ContainerIdentity>>,
+    /// True while the container runs. Once false, the source ends when its files are read
+    /// to the end and quiet.
+    pub running: watch::Receiver<bool>,
+}
+
+/// Why a tailer returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TailOutcome {
+    /// Every file was read to its end after the container exited.
+    Finished,
+    /// The collector is shutting down.
+    Cancelled,
+    /// The sinks' channel closed.
+    SinkClosed,
+}
+
+struct OpenFile {
+    file: File,
+    path: PathBuf,
+    fp: Fingerprint,
+    framer: LineFramer,
+}
+
+/// The tailer's state for one source.
+pub struct Tailer {
+    spec: SourceSpec,
+    settings: TailConfig,
+    tx: mpsc::Sender<Batch>,
+    current: Option<OpenFile>,
+    queue: VecDeque<OpenFile>,
+    completed: VecDeque<(u64, u64)>,
+    decoder: Decoder,
+    counters: SourceCounters,
+    /// The position last sent: tells whether a pass moved the checkpoint.
+    last_sent_offset: Option<(Fingerprint, u64)>,
+    /// A file just finished whose final position the next batch acknowledges.
+    finished_file: Option<(Fingerprint, PathBuf, u64)>,
+}
+
+impl Tailer {
+    /// Prepares a tailer: opens the source's files and places each at its checkpoint.
+    ///
+    /// # Errors
+    /// Reading the checkpoints failed (the state database is unusable).
+    pub fn new(spec: SourceSpec, settings: TailConfig, store: Store, tx: mpsc::Sender<Batch>) -> Result<Self, crate::state::StateError> {
+        let checkpoints = store.checkpoints(&spec.info.key)?;
+        let decoder = Decoder::new(spec.format, settings.max_line_bytes);
+        let mut t = Self {
+            spec,
+            settings,
+            tx,
+            current: None,
+            queue: VecDeque::new(),
+            completed: VecDeque::new(),
+            decoder,
+            counters: SourceCounters::default(),
+            last_sent_offset: None,
+            finished_file: None,
+        };
+        t.open_initial(&checkpoints);
+        t.current = t.queue.pop_front();
+        Ok(t)
+    }
+
+    /// Places the chain's files at their checkpoints: files older than the newest checkpointed
+    /// one were read already (acks arrive in file order); the checkpointed one resumes at its
+    /// offset; newer ones start at 0.
+    fn open_initial(&mut self, checkpoints: &[Checkpoint]) {
+        let chain = open_chain(&self.spec.path);
+        if checkpoints.is_empty() {
+            if self.settings.read_from == ReadFrom::End {
+                if let Some((file, path)) = chain.into_iter().last() {
+                    let end = file.metadata().map(|m| m.len()).unwrap_or(0);
+                    self.push_file(file, path, end);
+                }
+            } else {
+                for (file, path) in chain {
+                    self.push_file(file, path, 0);
+                }
+            }
+            return;
+        }
+        let matched = chain.iter().enumerate().rev().find_map(|(i, (file, _))| {
+            checkpoints.iter().find(|cp| cp.fingerprint.matches(file)).map(|cp| (i, cp.offset))
+        });
+        let (start, offset) = match matched {
+            Some(m) => m,
+            None => {
+                if !chain.is_empty() {
+                    warn!(source = %self.spec.info.key, "No file of the source matches its checkpoints; reading every file from the start.");
+                }
+                (0, 0)
+            }
+        };
+        for (i, (file, path)) in chain.into_iter().enumerate() {
+            if i < start {
+                if let Ok(m) = file.metadata() {
+                    self.remember_completed(m.dev(), m.ino());
+                }
+                continue;
+            }
+            let mut at = if i == start { offset } else { 0 };
+            let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+            if at > len {
+                // Truncated while the collector was not running: what was there is gone.
+                self.counters.truncations += 1;
+                at = 0;
+            }
+            self.push_file(file, path, at);
+        }
+    }
+
+    fn push_file(&mut self, file: File, path: PathBuf, offset: u64) {
+        match Fingerprint::of(&file, u64::MAX) {
+            Ok(fp) => {
+                let mut file = file;
+                if offset > 0
+                    && let Err(e) = io::Seek::seek(&mut file, io::SeekFrom::Start(offset))
+                {
+                    warn!(path = %path.display(), error = %e, "Cannot seek to checkpoint; skipping file.");
+                    return;
+                }
+                let framer = LineFramer::new(offset, self.settings.read_bytes, self.settings.max_line_bytes);
+                self.queue.push_back(OpenFile { file, path, fp, framer });
+            }
+            Err(e) => debug!(path = %path.display(), error = %e, "File vanished before it could be read."),
+        }
+    }
+
+    fn remember_completed(&mut self, dev: u64, ino: u64) {
+        if self.completed.len() == COMPLETED_MEMORY {
+            self.completed.pop_front();
+        }
+        self.completed.push_back((dev, ino));
+    }
+
+    fn is_held(&self, dev: u64, ino: u64) -> bool {
+        self.current.iter().chain(self.queue.iter()).any(|f| f.fp.same_inode(dev, ino))
+            || self.completed.contains(&(dev, ino))
+    }
+
+    /// Opens files of the chain that are newer than every file held, in age order.
+    fn pick_up_new_files(&mut self) {
+        let chain = list_chain(&self.spec.path);
+        let newest_held = chain.iter().rposition(|&(_, dev, ino)| {
+            self.current.iter().chain(self.queue.iter()).any(|f| f.fp.same_inode(dev, ino))
+        });
+        let from = newest_held.map_or(0, |i| i + 1);
+        for (path, dev, ino) in chain.into_iter().skip(from) {
+            if self.is_held(dev, ino) {
+                continue;
+            }
+            match File::open(&path) {
+                Ok(file) => {
+                    if file.metadata().is_ok_and(|m| m.ino() == ino) {
+                        if self.current.is_some() {
+                            self.counters.rotations += 1;
+                            internal_events::LogFileRotated { source: &self.spec.info.key, path: &path }.emit();
+                        }
+                        self.push_file(file, path, 0);
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => warn!(path = %path.display(), error = %e, "Cannot open log file."),
+            }
+        }
+        if self.current.is_none() {
+            self.current = self.queue.pop_front();
+        }
+    }
+
+    /// Runs until the source ends, the collector shuts down or the sinks go away.
+    pub async fn run(mut self, shutdown: CancellationToken) -> TailOutcome {
+        let mut idle = Duration::from_millis(5);
+        let mut quiet_since: Option<Instant> = None;
+        let mut last_scan = Instant::now() - Duration::from_secs(1);
+        let mut records: Vec<LogRecord> = Vec::new();
+        loop {
+            if shutdown.is_cancelled() {
+                return TailOutcome::Cancelled;
+            }
+            // Look for rotation at most every 50 ms while busy, and on every idle pass.
+            if last_scan.elapsed() >= Duration::from_millis(50) || quiet_since.is_some() || self.current.is_none() {
+                self.pick_up_new_files();
+                last_scan = Instant::now();
+            }
+            let Some(cur) = self.current.as_mut() else {
+                if !*self.spec.running.borrow() && quiet_since.is_some_and(|t| t.elapsed() >= self.settings.exit_settle) {
+                    return TailOutcome::Finished;
+                }
+                quiet_since.get_or_insert_with(Instant::now);
+                if self.sleep(&shutdown, self.settings.poll_interval).await {
+                    return TailOutcome::Cancelled;
+                }
+                continue;
+            };
+            let newer_file_waiting = !self.queue.is_empty();
+            let read = read_pass(cur, &mut self.decoder, &mut records, &mut self.counters, &self.settings, &self.spec.info.key);
+            let at_eof = read.eof;
+            if (!records.is_empty() || self.offset_moved())
+                && let Some(outcome) = self.send(&mut records, false, &shutdown).await
+            {
+                return outcome;
+            }
+            if !at_eof {
+                idle = Duration::from_millis(5);
+                quiet_since = None;
+                tokio::task::yield_now().await;
+                continue;
+            }
+            if read.bytes > 0 {
+                quiet_since = None;
+            }
+            if newer_file_waiting {
+                self.finish_current_file(&mut records);
+                if let Some(outcome) = self.send(&mut records, false, &shutdown).await {
+                    return outcome;
+                }
+                continue;
+            }
+            self.check_truncation();
+            let quiet = *quiet_since.get_or_insert_with(Instant::now);
+            if !*self.spec.running.borrow() && quiet.elapsed() >= self.settings.exit_settle {
+                // One last look: a file created after the last scan would be missed otherwise.
+                self.pick_up_new_files();
+                if self.queue.is_empty() {
+                    self.finish_current_file(&mut records);
+                    return match self.send(&mut records, true, &shutdown).await {
+                        Some(outcome) => outcome,
+                        None => TailOutcome::Finished,
+                    };
+                }
+                continue;
+            }
+            if self.sleep(&shutdown, idle).await {
+                return TailOutcome::Cancelled;
+            }
+            idle = (idle * 2).min(self.settings.poll_interval);
+        }
+    }
+
+    /// Sleeps, or returns true when shutdown is requested; a container exit also wakes it.
+    async fn sleep(&mut self, shutdown: &CancellationToken, d: Duration) -> bool {
+        tokio::select! {
+            _ = shutdown.cancelled() => true,
+            _ = tokio::time::sleep(d) => false,
+            _ = self.spec.running.changed() => false,
+        }
+    }
+
+    /// The current file will grow no more: emit what the decoder and framer hold and move on.
+    fn finish_current_file(&mut self, records: &mut Vec<LogRecord>) {
+        let Some(mut cur) = self.current.take() else { return };
+        let now = now_rfc3339();
+        if let Some(frame) = cur.framer.take_partial()
+            && let Err(e) = self.decoder.decode(frame, &now, records)
+        {
+            self.counters.skipped += 1;
+            internal_events::LogLineSkipped { source: &self.spec.info.key, error: &e }.emit();
+        }
+        self.decoder.flush_pending(records);
+        let fp = cur.fp;
+        let offset = cur.framer.offset_committed();
+        self.remember_completed(fp.dev, fp.ino);
+        // The records just flushed belong to the finished file: the next ack is its end.
+        self.finished_file = Some((refresh_fp(&cur.file, fp, offset), cur.path.clone(), offset));
+        self.current = self.queue.pop_front();
+    }
+
+    fn check_truncation(&mut self) {
+        let Some(cur) = self.current.as_mut() else { return };
+        let Ok(meta) = cur.file.metadata() else { return };
+        let offset = cur.framer.offset_committed() + cur.framer.pending_bytes() as u64;
+        if meta.len() < offset {
+            self.counters.truncations += 1;
+            internal_events::LogFileTruncated { source: &self.spec.info.key, path: &cur.path, size: meta.len(), offset }.emit();
+            let mut file = match File::open(&cur.path) {
+                Ok(f) if f.metadata().is_ok_and(|m| m.ino() == meta.ino()) => f,
+                _ => return,
+            };
+            if io::Seek::seek(&mut file, io::SeekFrom::Start(0)).is_err() {
+                return;
+            }
+            cur.file = file;
+            cur.framer = LineFramer::new(0, self.settings.read_bytes, self.settings.max_line_bytes);
+            self.decoder = Decoder::new(self.spec.format, self.settings.max_line_bytes);
+            if let Ok(fp) = Fingerprint::of(&cur.file, u64::MAX) {
+                cur.fp = fp;
+            }
+        }
+    }
+
+    fn ack_position(&self) -> Option<(Fingerprint, PathBuf, u64)> {
+        if let Some(done) = &self.finished_file {
+            return Some(done.clone());
+        }
+        let cur = self.current.as_ref()?;
+        let mut offset = cur.framer.offset_committed();
+        if let Some(p) = self.decoder.pending_start() {
+            offset = offset.min(p);
+        }
+        Some((refresh_fp(&cur.file, cur.fp, offset), cur.path.clone(), offset))
+    }
+
+    fn offset_moved(&self) -> bool {
+        match (self.ack_position(), &self.last_sent_offset) {
+            (Some((fp, _, off)), Some((lfp, loff))) => !(fp.same_inode(lfp.dev, lfp.ino) && off == *loff),
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
+
+    /// Sends the records with the checkpoint they complete. `None` to go on.
+    async fn send(&mut self, records: &mut Vec<LogRecord>, last: bool, shutdown: &CancellationToken) -> Option<TailOutcome> {
+        let Some((fp, path, offset)) = self.ack_position() else {
+            records.clear();
+            return None;
+        };
+        if let Some(cur) = self.current.as_mut()
+            && cur.fp.same_inode(fp.dev, fp.ino)
+        {
+            cur.fp = fp;
+        }
+        self.finished_file = None;
+        let bytes = match &self.last_sent_offset {
+            Some((lfp, loff)) if lfp.same_inode(fp.dev, fp.ino) => offset.saturating_sub(*loff),
+            _ => offset,
+        };
+        let mut counters = std::mem::take(&mut self.counters);
+        counters.lines = records.len() as u64;
+        counters.bytes = bytes;
+        let batch = Batch {
+            source: self.spec.info.clone(),
+            identity: self.spec.identity.borrow().clone(),
+            records: std::mem::replace(records, Vec::with_capacity(256)),
+            ack: CheckpointUpdate {
+                source: self.spec.info.key.clone(),
+                container_id: self.spec.info.container_id.to_string(),
+                checkpoint: Checkpoint { fingerprint: fp, path: path.to_string_lossy().into_owned(), offset },
+                counters,
+            },
+            last,
+        };
+        self.last_sent_offset = Some((fp, offset));
+        tokio::select! {
+            biased;
+            r = self.tx.send(batch) => if r.is_err() { return Some(TailOutcome::SinkClosed) },
+            _ = shutdown.cancelled() => return Some(TailOutcome::Cancelled),
+        }
+        None
+    }
+}
+
+struct ReadPass {
+    bytes: usize,
+    eof: bool,
+}
+
+/// Reads until end of file or until one batch worth of data, decoding as it goes.
+fn read_pass(
+    cur: &mut OpenFile,
+    decoder: &mut Decoder,
+    records: &mut Vec<LogRecord>,
+    counters: &mut SourceCounters,
+    settings: &TailConfig,
+    key: &str,
+) -> ReadPass {
+    let now = now_rfc3339();
+    let budget = settings.read_bytes * 4;
+    let mut total = 0;
+    loop {
+        let n = match cur.framer.read_from(&mut cur.file) {
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => {
+                warn!(path = %cur.path.display(), error = %e, "Read failed; retrying later.");
+                0
+            }
+        };
+        total += n;
+        while let Some(frame) = cur.framer.next_frame() {
+            if let Err(e) = decoder.decode(frame, &now, records) {
+                counters.skipped += 1;
+                internal_events::LogLineSkipped { source: key, error: &e }.emit();
+            }
+        }
+        if n == 0 {
+            return ReadPass { bytes: total, eof: true };
+        }
+        if total >= budget || records.len() >= MAX_BATCH_RECORDS {
+            return ReadPass { bytes: total, eof: false };
+        }
+    }
+}
+
+/// Re-hashes the head while the file was shorter than [`HEAD_BYTES`] when first seen, so a
+/// checkpoint carries the strongest identity the read bytes allow.
+fn refresh_fp(file: &File, fp: Fingerprint, offset: u64) -> Fingerprint {
+    if fp.head_len < super::fingerprint::HEAD_BYTES && offset > u64::from(fp.head_len) {
+        Fingerprint::of(file, offset).unwrap_or(fp)
+    } else {
+        fp
+    }
+}
+
+/// The file chain, oldest first: `path.N` .. `path.1`, `path`, with device and inode.
+fn list_chain(path: &Path) -> Vec<(PathBuf, u64, u64)> {
+    let mut chain = Vec::new();
+    let mut missing = 0;
+    for i in 1..=MAX_ROTATED_SIBLINGS {
+        let p = rotated_name(path, i);
+        match std::fs::metadata(&p) {
+            Ok(m) if m.is_file() => {
+                chain.push((p, m.dev(), m.ino()));
+                missing = 0;
+            }
+            _ => {
+                // Docker numbers its rotated files without gaps; tolerate one gap for
+                // renames in flight.
+                missing += 1;
+                if missing >= 2 {
+                    break;
+                }
+            }
+        }
+    }
+    chain.reverse();
+    if let Ok(m) = std::fs::metadata(path)
+        && m.is_file()
+    {
+        chain.push((path.to_owned(), m.dev(), m.ino()));
+    }
+    chain
+}
+
+fn open_chain(path: &Path) -> Vec<(File, PathBuf)> {
+    list_chain(path)
+        .into_iter()
+        .filter_map(|(p, _, ino)| {
+            let f = File::open(&p).ok()?;
+            f.metadata().ok().filter(|m| m.ino() == ino)?;
+            Some((f, p))
+        })
+        .collect()
+}
+
+fn rotated_name(path: &Path, i: u32) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!(".{i}"));
+    PathBuf::from(s)
+}
+
+/// The read time, for formats whose lines carry none.
+fn now_rfc3339() -> Bytes {
+    Bytes::from(humantime::format_rfc3339_nanos(SystemTime::now()).to_string())
+}
+
+/// Runs a tailer and logs how it ended.
+pub async fn spawn_run(tailer: Tailer, shutdown: CancellationToken) -> TailOutcome {
+    let key = tailer.spec.info.key.clone();
+    let outcome = tailer.run(shutdown).await;
+    match outcome {
+        TailOutcome::Finished => info!(source = %key, "Log source read to its end."),
+        TailOutcome::Cancelled | TailOutcome::SinkClosed => debug!(source = %key, ?outcome, "Tailer stopped."),
+    }
+    outcome
+}

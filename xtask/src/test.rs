@@ -1,0 +1,52 @@
+//! `cargo xtask test`: the one command that prepares a fresh Debian 12 root machine and runs
+//! every test.
+//!
+//! Steps, each skipped when already done: install `docker.io` and `busybox-static`; start
+//! the Docker daemon; build the test image; remove containers earlier runs left; build the
+//! collector; then `cargo test --workspace --all-targets`, whose exit status is ours.
+
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+
+use crate::{cmd, docker, workspace};
+
+/// Options of `cargo xtask test`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Options {
+    /// Passed to the test binaries after `--`: a name filter, `--nocapture`, ...
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    test_args: Vec<String>,
+}
+
+/// Runs the set-up steps, then every test.
+///
+/// # Errors
+/// When a set-up step fails; test failures are the returned exit code instead.
+pub(crate) fn test(options: &Options) -> Result<ExitCode> {
+    let target = workspace::target_dir();
+    docker::ensure_packages().context("installing packages")?;
+    docker::ensure_daemon(&target.join("xtask").join("dockerd.log"))
+        .context("starting the Docker daemon")?;
+    docker::ensure_image(docker::TEST_IMAGE).context("building the test image")?;
+    docker::remove_leftover_containers().context("removing leftover test containers")?;
+
+    println!("xtask: cargo build -p collector");
+    cmd::run(workspace::cargo().args(["build", "-p", "collector"]))?;
+    let collector = target.join("debug").join("collector");
+
+    println!("xtask: cargo test --workspace --all-targets");
+    let mut cargo_test = workspace::cargo();
+    cargo_test
+        .args(["test", "--workspace", "--all-targets"])
+        // Nothing in a test may wait for the EC2 instance metadata service.
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("COLLECTOR_BIN", &collector);
+    if !options.test_args.is_empty() {
+        cargo_test.arg("--").args(&options.test_args);
+    }
+    let status = cargo_test
+        .status()
+        .context("failed to start `cargo test`")?;
+    Ok(ExitCode::from(cmd::exit_code(status)))
+}
