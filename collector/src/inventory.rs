@@ -48,6 +48,9 @@ struct Entry {
     active: HashSet<String>,
     /// An identification pass is in flight.
     identifying: bool,
+    /// Something changed while a pass was in flight: run another when it returns (an exit
+    /// seen mid-pass must still have its exit code read).
+    identify_again: bool,
     /// Docker's view was read at least once (files or API).
     docker_known: bool,
     /// Discovery sources that saw it since their last full scan.
@@ -166,6 +169,7 @@ impl Inventory {
                     lifecycle: Lifecycle::Running,
                     active: HashSet::new(),
                     identifying: false,
+                    identify_again: false,
                     docker_known: false,
                     seen_by: HashSet::new(),
                 },
@@ -208,6 +212,7 @@ impl Inventory {
     fn reidentify(&mut self, id: &ContainerId) {
         let Some(e) = self.entries.get_mut(id) else { return };
         if e.identifying {
+            e.identify_again = true;
             return;
         }
         e.identifying = true;
@@ -226,6 +231,7 @@ impl Inventory {
     fn on_identified(&mut self, done: Identified) {
         let Some(e) = self.entries.get_mut(&done.container_id) else { return };
         e.identifying = false;
+        let again = std::mem::take(&mut e.identify_again);
         if let Some(info) = done.info {
             e.docker_known = true;
             if !info.state.running && info.state.finished_at.is_some() && e.lifecycle == Lifecycle::Running && e.pid.is_none() {
@@ -252,6 +258,9 @@ impl Inventory {
         let id = done.container_id;
         self.ensure_output_source(&id);
         self.start_declared_files(&id);
+        if again {
+            self.reidentify(&id);
+        }
     }
 
     fn set_lifecycle(&mut self, id: &ContainerId, lifecycle: Lifecycle) {

@@ -26,6 +26,10 @@ use crate::sink::Sink;
 /// compares, so that late duplicates show up.
 pub const SETTLE: Duration = Duration::from_secs(1);
 
+/// [`CollectorProcess::expect_exactly`] gives up early when no new line arrived for this
+/// long, so a collector that lost lines fails in seconds rather than at the case's timeout.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Lines of the collector's stderr that failure messages quote.
 const STDERR_TAIL_LINES: usize = 40;
 
@@ -365,7 +369,8 @@ impl CollectorProcess {
     /// each returns exactly its lines: every line once, in order.
     ///
     /// # Errors
-    /// On timeout or a difference, with a summary per expectation and the collector's stderr.
+    /// On timeout (or [`STALL_TIMEOUT`] without a new line) or a difference, with a summary
+    /// per expectation and the collector's stderr.
     pub fn expect_exactly(
         &mut self,
         timeout: Duration,
@@ -376,19 +381,30 @@ impl CollectorProcess {
             .map(|e| format!("{} lines of {}", e.expected.len(), e.what))
             .collect::<Vec<_>>()
             .join("; ");
+        let (mut total, mut progress) = (0, Instant::now());
         let waited = self.wait_until(timeout, &goal, || {
             let mut waiting = Vec::new();
+            let mut seen_total = 0;
             for e in &mut expectations {
                 let seen = (e.read)()?;
+                seen_total += seen.len();
                 if seen.len() < e.expected.len() {
                     waiting.push(format!("{}: {}", e.what, check::describe(&seen)));
                 }
             }
-            Ok(if waiting.is_empty() {
-                Check::Done(())
-            } else {
-                Check::Waiting(waiting.join("; "))
-            })
+            if waiting.is_empty() {
+                return Ok(Check::Done(()));
+            }
+            if seen_total != total {
+                (total, progress) = (seen_total, Instant::now());
+            } else if progress.elapsed() >= STALL_TIMEOUT {
+                bail!(
+                    "no new line for {} s while waiting for {goal}; last seen: {}",
+                    STALL_TIMEOUT.as_secs(),
+                    waiting.join("; ")
+                );
+            }
+            Ok(Check::Waiting(waiting.join("; ")))
         });
         if waited.is_ok() {
             thread::sleep(SETTLE);
@@ -425,7 +441,9 @@ impl CollectorProcess {
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("dup the log file")?)
             .stderr(log)
-            .env("RUST_BACKTRACE", "1");
+            .env("RUST_BACKTRACE", "1")
+            // Plain text in failure messages (tracing-subscriber honours NO_COLOR).
+            .env("NO_COLOR", "1");
         // `COLLECTOR_*` variables configure the collector (and `COLLECTOR_BIN` is ours): the
         // config under test is the file alone.
         for (key, _) in env::vars_os() {

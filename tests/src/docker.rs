@@ -68,7 +68,7 @@ where
 /// What the tests need to know about the Docker host.
 #[derive(Debug)]
 pub struct DockerHost {
-    /// The daemon's version (`docker info`), for messages.
+    /// The daemon's version (`docker version`), for messages.
     pub server_version: String,
     /// Docker's root directory (`/var/lib/docker` by default): the collector reads container
     /// configs and json-file logs there.
@@ -90,17 +90,20 @@ pub fn docker_host() -> Result<&'static DockerHost> {
 /// [`docker_host`] uncached.
 fn probe_host() -> Result<DockerHost> {
     if !nix::unistd::geteuid().is_root() {
-        bail!("the integration tests need root (they read Docker's files): {SETUP_HINT} as root");
+        bail!(
+            "the integration tests need root (they read Docker's files and run containers): \
+             run `cargo xtask test` as root"
+        );
     }
-    let info = docker(["info", "--format", "{{.ServerVersion}}\t{{.DockerRootDir}}"])
+    // `docker version` says why it cannot connect; `docker info --format` (20.10) only
+    // reports a template error then.
+    let server_version = docker(["version", "--format", "{{.Server.Version}}"])
         .with_context(|| format!("the Docker daemon does not answer: {SETUP_HINT}"))?;
-    let (server_version, root_dir) = info
-        .split_once('\t')
-        .with_context(|| format!("unexpected `docker info` output {info:?}"))?;
+    let root_dir = docker(["info", "--format", "{{.DockerRootDir}}"])?;
     docker(["image", "inspect", "--format", "{{.Id}}", TEST_IMAGE])
         .with_context(|| format!("the image {TEST_IMAGE} is missing: {SETUP_HINT}"))?;
     Ok(DockerHost {
-        server_version: server_version.to_owned(),
+        server_version,
         root_dir: PathBuf::from(root_dir),
     })
 }

@@ -161,7 +161,9 @@ impl Sink {
         let mut names = Vec::new();
         for entry in entries {
             let entry = entry.with_context(|| format!("list {}", dir.display()))?;
-            names.push(entry.file_name().to_string_lossy().into_owned());
+            if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+                names.push(entry.file_name().to_string_lossy().into_owned());
+            }
         }
         names.sort();
         Ok(names)

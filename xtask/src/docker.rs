@@ -89,21 +89,27 @@ pub(crate) fn ensure_daemon(log: &Path) -> Result<()> {
         }
         Err(err) => err,
     };
-    // A daemon that is still starting (an init script, systemd, an earlier run) owns the
-    // pidfile; a second dockerd would only fail on it.
+    ensure_root(&format!(
+        "the Docker daemon does not answer ({probe}); starting it"
+    ))?;
+    // A daemon that is still starting (an init script run by the package's postinst,
+    // systemd, an earlier run) owns the pidfile; a second dockerd would only fail on it. If
+    // that one dies instead of answering, we start our own.
     if let Some(pid) = running_dockerd() {
         println!("xtask: dockerd (pid {pid}) is running but not answering yet; waiting");
-        return wait_for_daemon(|| {
-            Path::new(&format!("/proc/{pid}"))
-                .exists()
+        let alive = || Path::new(&format!("/proc/{pid}")).exists();
+        match wait_for_daemon(|| {
+            alive()
                 .then_some(())
                 .ok_or_else(|| format!("dockerd (pid {pid}) exited"))
-        })
-        .with_context(|| format!("dockerd (pid {pid}) is running but does not answer"));
+        }) {
+            Ok(()) => return Ok(()),
+            Err(err) if alive() => {
+                return Err(err.context(format!("dockerd (pid {pid}) runs but does not answer")));
+            }
+            Err(err) => println!("xtask: {err:#}; starting dockerd ourselves"),
+        }
     }
-    ensure_root(&format!(
-        "starting dockerd (the daemon does not answer: {probe})"
-    ))?;
     let dockerd = find_program("dockerd").context("dockerd is not installed")?;
     if let Some(dir) = log.parent() {
         fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
@@ -237,7 +243,9 @@ pub(crate) fn remove_leftover_containers() -> Result<()> {
 /// The daemon's version, or why it does not answer.
 fn probe_daemon() -> std::result::Result<String, String> {
     let out = Command::new("docker")
-        .args(["info", "--format", "{{.ServerVersion}}"])
+        // `docker version` says why it cannot connect; `docker info --format` (20.10) only
+        // reports a template error then.
+        .args(["version", "--format", "{{.Server.Version}}"])
         .stdin(Stdio::null())
         .output()
         .map_err(|err| format!("cannot run `docker`: {err}"))?;

@@ -54,3 +54,34 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The README's spellings reach `cargo test` and `collector run` as typed.
+    #[test]
+    fn trailing_arguments_are_passed_on() {
+        let cases: &[(&[&str], &[&str])] = &[
+            (&["test"], &[]),
+            (
+                &["test", "rotation", "--nocapture"],
+                &["rotation", "--nocapture"],
+            ),
+            (&["test", "--", "--nocapture"], &["--nocapture"]),
+            (&["test", "--nocapture"], &["--nocapture"]),
+        ];
+        for (argv, passed) in cases {
+            let cli = Cli::try_parse_from(std::iter::once("xtask").chain(argv.iter().copied()));
+            match cli.map(|cli| cli.command) {
+                Ok(Command::Test(options)) => assert_eq!(options.test_args, *passed, "{argv:?}"),
+                other => panic!("{argv:?}: {other:?}"),
+            }
+        }
+        let cli = Cli::try_parse_from(["xtask", "run", "--config", "/etc/c.toml"]).unwrap();
+        match cli.command {
+            Command::Run(options) => assert_eq!(options.args, ["--config", "/etc/c.toml"]),
+            Command::Test(_) => panic!("parsed as test"),
+        }
+    }
+}

@@ -12,7 +12,7 @@ use crate::{cmd, workspace};
 pub(crate) struct Options {
     /// Passed to `collector run`, e.g. `--config /etc/collector/config.toml`.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    args: Vec<String>,
+    pub(crate) args: Vec<String>,
 }
 
 /// Builds the release binary, then becomes `collector run ARGS` (signals reach it directly).

@@ -16,7 +16,7 @@ use crate::{cmd, docker, workspace};
 pub(crate) struct Options {
     /// Passed to the test binaries after `--`: a name filter, `--nocapture`, ...
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    test_args: Vec<String>,
+    pub(crate) test_args: Vec<String>,
 }
 
 /// Runs the set-up steps, then every test.

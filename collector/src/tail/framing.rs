@@ -130,7 +130,9 @@ impl LineFramer {
         }
         // When every frame of the current allocation has been dropped, `try_reclaim` moves the
         // unframed tail to the front of the same (initialised) allocation without allocating.
-        if self.buf.try_reclaim(self.read_size) {
+        // Half a read is worth it when the tail is longer than when the allocation was made.
+        let half = (self.read_size / 2).max(1);
+        if self.buf.try_reclaim(self.read_size) || self.buf.try_reclaim(half) {
             return;
         }
         // Records still hold slices of this allocation: keep filling its tail while a read of
@@ -432,9 +434,9 @@ mod tests {
                     truncated: t,
                 })
                 .collect();
-            for chunk in [1, 2, 3, 1000] {
-                let got = frame_all(case.input, vec![chunk], 100, 7, case.max);
-                assert_eq!(got, want, "{} (chunk {chunk})", case.name);
+            for (chunk, read_size) in [(1, 1), (1, 7), (2, 7), (3, 2), (1000, 7), (1000, 1000)] {
+                let got = frame_all(case.input, vec![chunk], 100, read_size, case.max);
+                assert_eq!(got, want, "{} (chunk {chunk}, read {read_size})", case.name);
             }
         }
     }

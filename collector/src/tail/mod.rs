@@ -7,3 +7,6 @@ pub mod record;
 pub mod tailer;
 
 pub use record::{LogRecord, StdStream};
+
+#[cfg(test)]
+mod tailer_tests;

@@ -183,7 +183,7 @@ impl Tailer {
                     warn!(path = %path.display(), error = %e, "Cannot seek to checkpoint; skipping file.");
                     return;
                 }
-                let framer = LineFramer::new(offset, self.settings.read_bytes, self.settings.max_line_bytes);
+                let framer = LineFramer::new(offset, self.settings.read_bytes, self.spec.format.max_frame_bytes(self.settings.max_line_bytes));
                 self.queue.push_back(OpenFile { file, path, fp, framer });
             }
             Err(e) => debug!(path = %path.display(), error = %e, "File vanished before it could be read."),
@@ -247,6 +247,9 @@ impl Tailer {
                 self.pick_up_new_files();
                 last_scan = Instant::now();
             }
+            // Before each pass: a file truncated (and maybe rewritten) since the last pass
+            // is read again from 0, even when a rotation is also waiting.
+            self.check_truncation();
             let Some(cur) = self.current.as_mut() else {
                 if !*self.spec.running.borrow() && quiet_since.is_some_and(|t| t.elapsed() >= self.settings.exit_settle) {
                     return TailOutcome::Finished;
@@ -281,7 +284,6 @@ impl Tailer {
                 }
                 continue;
             }
-            self.check_truncation();
             let quiet = *quiet_since.get_or_insert_with(Instant::now);
             if !*self.spec.running.borrow() && quiet.elapsed() >= self.settings.exit_settle {
                 // One last look: a file created after the last scan would be missed otherwise.
@@ -315,11 +317,11 @@ impl Tailer {
     fn finish_current_file(&mut self, records: &mut Vec<LogRecord>) {
         let Some(mut cur) = self.current.take() else { return };
         let now = now_rfc3339();
-        if let Some(frame) = cur.framer.take_partial()
-            && let Err(e) = self.decoder.decode(frame, &now, records)
-        {
-            self.counters.skipped += 1;
-            internal_events::LogLineSkipped { source: &self.spec.info.key, error: &e }.emit();
+        while let Some(frame) = cur.framer.take_partial() {
+            if let Err(e) = self.decoder.decode(frame, &now, records) {
+                self.counters.skipped += 1;
+                internal_events::LogLineSkipped { source: &self.spec.info.key, error: &e }.emit();
+            }
         }
         self.decoder.flush_pending(records);
         let fp = cur.fp;
@@ -333,19 +335,17 @@ impl Tailer {
     fn check_truncation(&mut self) {
         let Some(cur) = self.current.as_mut() else { return };
         let Ok(meta) = cur.file.metadata() else { return };
-        let offset = cur.framer.offset_committed() + cur.framer.pending_bytes() as u64;
-        if meta.len() < offset {
+        let offset = cur.framer.read_offset();
+        // Shrunk below what we read: truncated. Same size or larger but a different head:
+        // truncated and already written again before we looked (copytruncate under load).
+        if meta.len() < offset || (cur.fp.head_len > 0 && !cur.fp.matches(&cur.file)) {
             self.counters.truncations += 1;
             internal_events::LogFileTruncated { source: &self.spec.info.key, path: &cur.path, size: meta.len(), offset }.emit();
-            let mut file = match File::open(&cur.path) {
-                Ok(f) if f.metadata().is_ok_and(|m| m.ino() == meta.ino()) => f,
-                _ => return,
-            };
-            if io::Seek::seek(&mut file, io::SeekFrom::Start(0)).is_err() {
+            // The descriptor still names the same inode, wherever it was renamed to since.
+            if io::Seek::seek(&mut cur.file, io::SeekFrom::Start(0)).is_err() {
                 return;
             }
-            cur.file = file;
-            cur.framer = LineFramer::new(0, self.settings.read_bytes, self.settings.max_line_bytes);
+            cur.framer = LineFramer::new(0, self.settings.read_bytes, self.spec.format.max_frame_bytes(self.settings.max_line_bytes));
             self.decoder = Decoder::new(self.spec.format, self.settings.max_line_bytes);
             if let Ok(fp) = Fingerprint::of(&cur.file, u64::MAX) {
                 cur.fp = fp;

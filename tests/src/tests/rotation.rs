@@ -38,7 +38,7 @@ fn every_line_survives_rotation_at_a_high_rate() -> Result<()> {
     expected.extend((1..=N).map(|i| i.to_string()));
     expected.push("end".to_owned());
     collector.expect_exactly(
-        Duration::from_secs(120),
+        Duration::from_secs(60),
         vec![Expect::new(
             format!("stdout of the rotating container {}", container.name()),
             expected,

@@ -126,31 +126,32 @@ impl DockerJsonDecoder {
         let Some(scan) = scan(&frame.bytes) else {
             return self.decode_slow(frame, out);
         };
-        let time = frame.bytes.slice(scan.time.clone());
-        let message = if scan.escaped {
-            let src = &frame.bytes[scan.content.clone()];
-            // Unescaping never makes a string longer.
-            reserve_scratch(&mut self.scratch, src.len(), SCRATCH_CHUNK);
-            if unescape_into(src, &mut self.scratch).is_none() {
-                // An escape Go never writes: let serde_json judge the line.
-                self.scratch.clear();
-                return self.decode_slow(frame, out);
+        let content = &frame.bytes[scan.content.clone()];
+        // One pass over the message finds whether anything but the final `\n` needs decoding.
+        let (message, last) = match memchr::memchr2(b'"', b'\\', content) {
+            None => (scan.content, false),
+            Some(at) if at + 2 == content.len() && content[at + 1] == b'n' => {
+                (scan.content.start..scan.content.start + at, true)
             }
-            self.scratch.split().freeze()
-        } else {
-            let mut message = frame.bytes;
-            message.truncate(scan.content.end);
-            message.advance(scan.content.start);
-            message
+            Some(at) => {
+                match unescape_scratch(content, at, &mut self.scratch) {
+                    Some(last) => {
+                        let time = frame.bytes.slice(scan.time);
+                        let message = self.scratch.split().freeze();
+                        self.emit(scan.stream, time, message, last, frame.start_offset, out);
+                        return Ok(());
+                    }
+                    // Not what Go writes (a raw quote, an unknown escape): let serde_json
+                    // judge the line.
+                    None => return self.decode_slow(frame, out),
+                }
+            }
         };
-        self.emit(
-            scan.stream,
-            time,
-            message,
-            scan.last,
-            frame.start_offset,
-            out,
-        );
+        let time = frame.bytes.slice(scan.time);
+        let mut bytes = frame.bytes;
+        bytes.truncate(message.end);
+        bytes.advance(message.start);
+        self.emit(scan.stream, time, bytes, last, frame.start_offset, out);
         Ok(())
     }
 
@@ -261,12 +262,8 @@ fn slice_or_copy(frame: &Bytes, value: &[u8], scratch: &mut BytesMut) -> Bytes {
 
 /// Where the parts of a line in moby's exact shape are.
 struct Scan {
-    /// The `log` string's content, without the final `\n` escape.
+    /// The `log` string's content, still escaped, with its final `\n` if any.
     content: Range<usize>,
-    /// True when `content` holds escapes to decode.
-    escaped: bool,
-    /// True when `log` ended with `\n`: the line is complete.
-    last: bool,
     /// The `stream` value.
     stream: StdStream,
     /// The `time` string's content.
@@ -275,33 +272,93 @@ struct Scan {
 
 /// Finds the parts of a line written in moby's exact shape, or `None` for any other shape.
 ///
-/// Walkthrough: after `{"log":"`, jump with `memchr2` from backslash to backslash until the
-/// closing quote; a backslash starts a two-byte escape (`\uXXXX` continues with hex digits,
-/// never a quote or backslash), and `\n` right before the closing quote is the line's end
-/// rather than content. Then the `stream` value must be exactly `stdout` or `stderr`. The
-/// `time` string ends the line and holds no quote, so it is found from the end; whatever lies
-/// between `stream` and `time` must be the `attrs` object.
+/// Walkthrough: the line must start with `{"log":"`. It is then read from its end, where
+/// everything has a known shape: `"}`, the `time` string (which holds no quote), `,"time":"`,
+/// `stdout"` or `stderr"`, `,"stream":"`, and the quote closing `log`. So the message is
+/// found without scanning it; the caller's single scan of it for quotes and backslashes then
+/// proves the closing quote real (a raw quote or backslash sends the line to the unescaper,
+/// which rejects what Go never writes). When `attrs` sits between `stream` and `time`, the
+/// backward walk stops at its `}`, and [`scan_with_attrs`] reads the line forwards instead.
 #[inline]
 fn scan(b: &[u8]) -> Option<Scan> {
     if !b.starts_with(LOG_PREFIX) {
         return None;
     }
-    let start = LOG_PREFIX.len();
-    let mut i = start;
-    let mut escaped = false;
-    let (content_end, last, close) = loop {
-        let j = i + memchr::memchr2(b'"', b'\\', &b[i..])?;
-        if b[j] == b'"' {
-            break (j, false, j);
+    let (time, time_key) = scan_time(b)?;
+    let Some(stream_end) = time_key.checked_sub(STREAM_VALUE_LEN) else {
+        return scan_with_attrs(b, time, time_key);
+    };
+    let stream = match &b[stream_end..time_key] {
+        b"stdout\"" => StdStream::Stdout,
+        b"stderr\"" => StdStream::Stderr,
+        _ => return scan_with_attrs(b, time, time_key),
+    };
+    // `,"stream":"` follows the quote closing `log` (which is not the one opening it).
+    let comma = stream_end.checked_sub(STREAM_KEY.len())?;
+    if comma <= LOG_PREFIX.len() || &b[comma..stream_end] != STREAM_KEY || b[comma - 1] != b'"' {
+        return scan_with_attrs(b, time, time_key);
+    }
+    Some(Scan {
+        content: LOG_PREFIX.len()..comma - 1,
+        stream,
+        time,
+    })
+}
+
+/// Length of `stdout"` and `stderr"`.
+const STREAM_VALUE_LEN: usize = 7;
+
+/// Finds the `time` string that ends a line: returns its content and where `,"time":"`
+/// starts.
+#[inline]
+fn scan_time(b: &[u8]) -> Option<(Range<usize>, usize)> {
+    let end = b.len().checked_sub(2)?;
+    if &b[end..] != b"\"}" {
+        return None;
+    }
+    // The time is about 30 bytes: four 8-byte words, searched from the end for its opening
+    // quote, beat both a byte loop and a `memrchr` call.
+    let mut open = end;
+    loop {
+        if let Some(word) = open.checked_sub(8).and_then(|at| b.get(at..open)) {
+            let word = u64::from_le_bytes(word.try_into().expect("a slice of 8 bytes"));
+            let mask = exact_quote_or_backslash(word);
+            if mask == 0 {
+                open -= 8;
+                continue;
+            }
+            open -= 1 + (mask.leading_zeros() / 8) as usize;
+        } else {
+            open = open.checked_sub(1)?;
+            if b[open] != b'"' && b[open] != b'\\' {
+                continue;
+            }
         }
-        let after = &b[j + 1..];
-        if after.starts_with(b"n\"") {
-            break (j, true, j + 2);
-        }
-        if after.is_empty() {
+        // An escaped time is not moby's.
+        if b[open] != b'"' {
             return None;
         }
-        escaped = true;
+        break;
+    }
+    let time_key = (open + 1).checked_sub(TIME_KEY.len())?;
+    if open + 1 == end || time_key < LOG_PREFIX.len() || &b[time_key..=open] != TIME_KEY {
+        return None;
+    }
+    Some((open + 1..end, time_key))
+}
+
+/// Reads a line with `attrs` (`--log-opt labels/env/tag`) forwards: the `log` string, with
+/// `memchr2` from backslash to backslash (an escape is two bytes; `\uXXXX` goes on with hex
+/// digits), then `stream`, then the `attrs` object up to the already found `time`.
+#[cold]
+fn scan_with_attrs(b: &[u8], time: Range<usize>, time_key: usize) -> Option<Scan> {
+    let start = LOG_PREFIX.len();
+    let mut i = start;
+    let close = loop {
+        let j = i + memchr::memchr2(b'"', b'\\', b.get(i..time_key)?)?;
+        if b[j] == b'"' {
+            break j;
+        }
         i = j + 2;
     };
     let mut k = close + 1;
@@ -309,49 +366,92 @@ fn scan(b: &[u8]) -> Option<Scan> {
         return None;
     }
     k += STREAM_KEY.len();
-    let stream = match b.get(k..k + 7)? {
+    let stream = match b.get(k..k + STREAM_VALUE_LEN)? {
         b"stdout\"" => StdStream::Stdout,
         b"stderr\"" => StdStream::Stderr,
         _ => return None,
     };
-    k += 7;
-    let end = b.len().checked_sub(2)?;
-    if k > end || &b[end..] != b"\"}" {
-        return None;
-    }
-    let open = k + memchr::memrchr(b'"', &b[k..end])?;
-    if !b[k..=open].ends_with(TIME_KEY) || open + 1 == end {
-        return None;
-    }
-    let time = open + 1..end;
-    if memchr::memchr(b'\\', &b[time.clone()]).is_some() {
-        return None;
-    }
-    let middle = &b[k..open + 1 - TIME_KEY.len()];
-    if !middle.is_empty() && (!middle.starts_with(ATTRS_KEY) || !middle.ends_with(b"}")) {
+    k += STREAM_VALUE_LEN;
+    let attrs = b.get(k..time_key)?;
+    if !attrs.starts_with(ATTRS_KEY) || !attrs.ends_with(b"}") {
         return None;
     }
     Some(Scan {
-        content: start..content_end,
-        escaped,
-        last,
+        content: start..close,
         stream,
         time,
     })
 }
 
-/// Decodes the JSON string escapes of `src` (the bytes between the quotes) onto `dst`.
+/// Unescapes a `log` string's content (its first quote or backslash at `first`) into
+/// `scratch`, which is empty, leaving the message there without its final newline. Returns
+/// whether there was one (the line is complete), or `None` if the content is not valid
+/// JSON string content; `scratch` is then empty again.
+fn unescape_scratch(src: &[u8], first: usize, scratch: &mut BytesMut) -> Option<bool> {
+    // Unescaping never makes a string longer, so `src.len()` bytes are enough. Zeroing them
+    // costs about as much as copying them, and keeps this safe.
+    reserve_scratch(scratch, src.len(), SCRATCH_CHUNK);
+    scratch.resize(src.len(), 0);
+    scratch[..first].copy_from_slice(&src[..first]);
+    let Some(len) = unescape(&src[first..], &mut scratch[first..]) else {
+        scratch.clear();
+        return None;
+    };
+    let mut len = first + len;
+    let last = len > 0 && scratch[len - 1] == b'\n';
+    if last {
+        len -= 1;
+    }
+    scratch.truncate(len);
+    Some(last)
+}
+
+/// Decodes JSON string content `src` (the bytes between the quotes) into `dst`, which must
+/// be at least as long, and returns the decoded length.
 ///
-/// Follows Go's `encoding/json`: a `\uXXXX` surrogate pair becomes one character, a lone
-/// surrogate becomes U+FFFD. Returns `None` on an escape JSON does not have; `dst` then holds
-/// a partial result the caller discards.
-fn unescape_into(src: &[u8], dst: &mut BytesMut) -> Option<()> {
-    let mut rest = src;
-    while let Some(i) = memchr::memchr(b'\\', rest) {
-        dst.extend_from_slice(&rest[..i]);
-        let escape = *rest.get(i + 1)?;
-        rest = &rest[i + 2..];
-        let byte = match escape {
+/// Every escape decodes to fewer bytes than it takes (`\n` 2 -> 1, `\uXXXX` 6 -> at most 3,
+/// a surrogate pair 12 -> 4), so the output never overtakes the input. Follows Go's
+/// `encoding/json`: a `\uXXXX` surrogate pair becomes one character, a lone surrogate
+/// becomes U+FFFD. Returns `None` on a raw quote or an escape JSON does not have.
+///
+/// Runs without quote or backslash are copied eight bytes at a time: JSON-structured
+/// application logs have an escaped quote every few words, too often for a `memchr` call per
+/// run to pay off.
+fn unescape(src: &[u8], dst: &mut [u8]) -> Option<usize> {
+    let (mut i, mut j) = (0, 0);
+    loop {
+        while let Some(chunk) = src.get(i..i + 8) {
+            let word = u64::from_le_bytes(chunk.try_into().expect("a slice of 8 bytes"));
+            // Copy all 8 bytes even when the run is shorter: `j <= i`, so they fit, and the
+            // bytes past the run are overwritten next; a fixed-size copy is one store, a
+            // variable one a `memcpy` call.
+            dst[j..j + 8].copy_from_slice(chunk);
+            let mask = quote_or_backslash(word);
+            if mask != 0 {
+                let run = (mask.trailing_zeros() / 8) as usize;
+                i += run;
+                j += run;
+                break;
+            }
+            i += 8;
+            j += 8;
+        }
+        let Some(&c) = src.get(i) else {
+            return Some(j);
+        };
+        i += 1;
+        match c {
+            b'\\' => {}
+            b'"' => return None,
+            _ => {
+                dst[j] = c;
+                j += 1;
+                continue;
+            }
+        }
+        let escape = *src.get(i)?;
+        i += 1;
+        dst[j] = match escape {
             b'"' => b'"',
             b'\\' => b'\\',
             b'/' => b'/',
@@ -361,17 +461,17 @@ fn unescape_into(src: &[u8], dst: &mut BytesMut) -> Option<()> {
             b'r' => b'\r',
             b't' => b'\t',
             b'u' => {
-                let unit = hex4(rest)?;
-                rest = &rest[4..];
+                let unit = hex4(&src[i..])?;
+                i += 4;
                 let c = match unit {
                     0xd800..=0xdbff => {
-                        let low = rest
+                        let low = src[i..]
                             .strip_prefix(b"\\u")
                             .and_then(hex4)
                             .filter(|low| (0xdc00..=0xdfff).contains(low));
                         match low {
                             Some(low) => {
-                                rest = &rest[6..];
+                                i += 6;
                                 let c = 0x10000 + ((unit - 0xd800) << 10) + (low - 0xdc00);
                                 char::from_u32(c).unwrap_or(char::REPLACEMENT_CHARACTER)
                             }
@@ -380,18 +480,44 @@ fn unescape_into(src: &[u8], dst: &mut BytesMut) -> Option<()> {
                     }
                     _ => char::from_u32(unit).unwrap_or(char::REPLACEMENT_CHARACTER),
                 };
-                dst.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+                j += c.encode_utf8(&mut dst[j..]).len();
                 continue;
             }
             _ => return None,
         };
-        dst.extend_from_slice(&[byte]);
+        j += 1;
     }
-    dst.extend_from_slice(rest);
-    Some(())
+}
+
+/// A mask with the high bit set in exactly the bytes of `word` that are a quote or a
+/// backslash (slower than [`quote_or_backslash`], but exact in every byte, which a search
+/// from the end needs).
+#[inline]
+fn exact_quote_or_backslash(word: u64) -> u64 {
+    const LOWS: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    // High bit set in each byte of `v` that is not zero, computed without carries between
+    // bytes.
+    let nonzero = |v: u64| ((v & LOWS) + LOWS) | v;
+    let quote = nonzero(word ^ (0x0101_0101_0101_0101 * u64::from(b'"')));
+    let backslash = nonzero(word ^ (0x0101_0101_0101_0101 * u64::from(b'\\')));
+    !(quote & backslash) & !LOWS
+}
+
+/// A mask with the high bit set in (at least) the lowest byte of `word` that is a quote or
+/// a backslash, and in no lower byte; zero if there is none.
+///
+/// The classic "has a zero byte" test applied to `word ^ pattern`: it can flag bytes above a
+/// true match (a borrow), never below one, so `trailing_zeros() / 8` is the first match.
+#[inline]
+fn quote_or_backslash(word: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let zero_bytes = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
+    zero_bytes(word ^ (ONES * u64::from(b'"'))) | zero_bytes(word ^ (ONES * u64::from(b'\\')))
 }
 
 /// The value of the 4 hex digits `src` starts with.
+#[inline]
 fn hex4(src: &[u8]) -> Option<u32> {
     let digits = src.get(..4)?;
     let mut value = 0;
@@ -464,7 +590,8 @@ mod tests {
     }
 
     /// Lines copied from a json-file log written by this project's Docker engine
-    /// (busybox `printf`), and what they decode to.
+    /// (busybox `printf`; the last with `--log-opt labels=team,app --log-opt tag=...`), and
+    /// what they decode to. All of them take the fast path.
     #[test]
     fn decodes_real_docker_lines() {
         use StdStream::{Stderr, Stdout};
@@ -549,8 +676,13 @@ mod tests {
                     false,
                 ),
             ),
+            (
+                r#"{"log":"err\n","stream":"stderr","attrs":{"app":"web","tag":"attrs-test","team":"core"},"time":"2026-11-22T00:58:57.270647303Z"}"#,
+                record(Stderr, "2026-11-22T00:58:57.270647303Z", b"err", false),
+            ),
         ];
         for (line, want) in cases {
+            assert!(scan(line.as_bytes()).is_some(), "fast path: {line}");
             let mut decoder = DockerJsonDecoder::new(1 << 20);
             let got = decode_all(&mut decoder, &[line.as_bytes()]);
             assert_eq!(got, vec![want.clone()], "{line}");
@@ -784,51 +916,147 @@ mod tests {
             (r"\ud83d\ud83d\ude00", Some("\u{fffd}😀")),
             (r"\ud83d", Some("\u{fffd}")),
             (r"\x", None),
+            ("raw \" quote", None),
+            (r"0123456\\89abcdef\\", Some("0123456\\89abcdef\\")),
+            (r"01234567\\9abcdef", Some("01234567\\9abcdef")),
+            ("0123456789abcdefé\\u00e9", Some("0123456789abcdefé\u{e9}")),
             (r"\u12", None),
             (r"\u12g4", None),
             ("\\", None),
         ];
         for &(src, want) in cases {
-            let mut dst = BytesMut::new();
-            let got = unescape_into(src.as_bytes(), &mut dst).map(|()| dst);
+            let mut dst = vec![0; src.len()];
+            let got = unescape(src.as_bytes(), &mut dst).map(|n| &dst[..n]);
             assert_eq!(
-                got.as_deref(),
+                got,
                 want.map(str::as_bytes),
                 "{src}: {:?}",
-                got.as_deref().map(String::from_utf8_lossy)
+                got.map(String::from_utf8_lossy)
             );
         }
     }
 
     #[test]
     fn scan_accepts_only_the_exact_shape() {
-        let cases: &[(&str, bool)] = &[
-            (r#"{"log":"a\n","stream":"stdout","time":"t"}"#, true),
+        use StdStream::{Stderr, Stdout};
+        // (line, Some((content, stream, time)) when the fast scanner takes it)
+        let cases: &[(&str, Option<(&str, StdStream, &str)>)] = &[
+            (
+                r#"{"log":"a\n","stream":"stdout","time":"t1"}"#,
+                Some((r"a\n", Stdout, "t1")),
+            ),
+            (
+                r#"{"log":"","stream":"stderr","time":"t"}"#,
+                Some(("", Stderr, "t")),
+            ),
             (
                 r#"{"log":"a\n","stream":"stdout","attrs":{},"time":"t"}"#,
-                true,
+                Some((r"a\n", Stdout, "t")),
             ),
-            (r#"{"log":"a\\n","stream":"stdout","time":"t"}"#, true),
-            (r#"{"log":"a\n","stream":"stdout","time":""}"#, false),
-            (r#"{"log":"a\n","stream":"stdout","time":"t"} "#, false),
+            (
+                r#"{"log":"a\",\"stream\":\"x","stream":"stderr","attrs":{"k":"v"},"time":"t"}"#,
+                Some((r#"a\",\"stream\":\"x"#, Stderr, "t")),
+            ),
+            (
+                r#"{"log":"a\\n","stream":"stdout","time":"t"}"#,
+                Some((r"a\\n", Stdout, "t")),
+            ),
+            (r#"{"log":"a\n","stream":"stdout","time":""}"#, None),
+            (r#"{"log":"a\n","stream":"stdout","time":"\u0074"}"#, None),
+            (r#"{"log":"a\n","stream":"stdout","time":"t"} "#, None),
             (
                 r#"{"log":"a\n","stream":"stdout","junk":1,"time":"t"}"#,
-                false,
+                None,
             ),
-            (r#"{"log":"a\n","stream":"stdout","attrs":{"#, false),
-            (r#"{"log":"a\n","stream":"stdout"}"#, false),
-            (r#"{"log":"a\n","stream":"stdout""#, false),
-            (r#"{"log":"a\n","stream":"other","time":"t"}"#, false),
-            (r#"{"log":"a\n""#, false),
-            (r#"{"log":"a\"#, false),
-            (r#"{"log":"a"#, false),
-            (r#"{"log":"#, false),
+            (
+                r#"{"log":"a\n","stream":"stdout","attrs":{,"time":"t"}"#,
+                None,
+            ),
+            (r#"{"log":"a\n","stream":"stdout","attrs":{"#, None),
+            (r#"{"log":"a\n","stream":"stdout"}"#, None),
+            (r#"{"log":"a\n","stream":"stdout""#, None),
+            (r#"{"log":"a\n","stream":"other","time":"t"}"#, None),
+            (r#"{"log":"a\n","time":"t"}"#, None),
+            (r#"{"log":"","time":"t"}"#, None),
+            (r#"{"log":"time":"t"}"#, None),
+            (r#"{"log":"a\n""#, None),
+            (r#"{"log":"a\"#, None),
+            (r#"{"log":"#, None),
+            (r#"{"log":"}"#, None),
+            (r#""}"#, None),
         ];
-        for &(line, fast) in cases {
-            assert_eq!(scan(line.as_bytes()).is_some(), fast, "{line}");
+        for &(line, want) in cases {
+            let b = line.as_bytes();
+            let got = scan(b).map(|s| {
+                let content = std::str::from_utf8(&b[s.content]).unwrap();
+                let time = std::str::from_utf8(&b[s.time]).unwrap();
+                (content, s.stream, time)
+            });
+            assert_eq!(got, want, "{line}");
         }
-        let s = scan(br#"{"log":"a\\n","stream":"stdout","time":"t"}"#).unwrap();
-        assert!(s.escaped && !s.last, "escaped backslash then n is content");
+    }
+
+    #[test]
+    fn scan_finds_times_of_any_length() {
+        let digits = "2024-05-01T12:34:56.123456789+00:00";
+        for len in 1..=digits.len() {
+            let time = &digits[..len];
+            for log in ["", "x", "0123456789"] {
+                let line = format!(r#"{{"log":"{log}","stream":"stdout","time":"{time}"}}"#);
+                let s = scan(line.as_bytes()).unwrap();
+                assert_eq!(&line.as_bytes()[s.time], time.as_bytes(), "{line}");
+                assert_eq!(&line.as_bytes()[s.content], log.as_bytes(), "{line}");
+                for bad in ["\\", "\""] {
+                    let mut t = time.to_owned();
+                    t.insert_str(len / 2, bad);
+                    let line = format!(r#"{{"log":"{log}","stream":"stdout","time":"{t}"}}"#);
+                    assert!(scan(line.as_bytes()).is_none(), "{line}");
+                }
+            }
+        }
+    }
+
+    /// Lines the scanner takes whose message is not what Go writes: the unescaper sends them
+    /// to serde_json, which rejects them.
+    #[test]
+    fn rejects_bad_messages_in_the_exact_shape() {
+        for line in [
+            r#"{"log":"a"b\n","stream":"stdout","time":"t"}"#,
+            r#"{"log":"a\","stream":"stdout","time":"t"}"#,
+            r#"{"log":"\q\n","stream":"stdout","time":"t"}"#,
+            r#"{"log":"\u00\n","stream":"stdout","time":"t"}"#,
+        ] {
+            let mut decoder = DockerJsonDecoder::new(100);
+            let mut out = Vec::new();
+            let err = decoder
+                .decode(frame_at(line.as_bytes(), 0), &mut out)
+                .unwrap_err();
+            assert!(matches!(err, DockerJsonError::ParseLine { .. }), "{line}");
+            assert!(out.is_empty());
+        }
+    }
+
+    proptest! {
+        /// The word-at-a-time searches agree with a byte loop.
+        #[test]
+        fn word_masks_find_quotes_and_backslashes(
+            bytes in proptest::array::uniform8(
+                prop_oneof![Just(b'"'), Just(b'\\'), Just(0u8), Just(0xffu8), any::<u8>()]),
+        ) {
+            let word = u64::from_le_bytes(bytes);
+            let special: Vec<usize> =
+                (0..8).filter(|&i| bytes[i] == b'"' || bytes[i] == b'\\').collect();
+            let exact: Vec<usize> = (0..8)
+                .filter(|&i| exact_quote_or_backslash(word) >> (8 * i) & 0x80 != 0)
+                .collect();
+            prop_assert_eq!(&exact, &special);
+            prop_assert_eq!(exact_quote_or_backslash(word) & !0x8080_8080_8080_8080, 0);
+            let first = quote_or_backslash(word);
+            match special.first() {
+                Some(&i) => prop_assert_eq!(first.trailing_zeros() as usize / 8, i),
+                None => prop_assert_eq!(first, 0),
+            }
+        }
     }
 
     proptest! {
@@ -838,7 +1066,7 @@ mod tests {
         #[test]
         fn reassembles_interleaved_pieces(
             lines in proptest::collection::vec(
-                (any::<bool>(), "[a-c\"\\\\<&\t\r\u{1}\u{2028}é😀 ]{0,40}", 1usize..20), 1..12),
+                (any::<bool>(), "[a-cn\"\\\\<&\t\r\u{1}\u{2028}é😀 ]{0,40}", 1usize..20), 1..12),
             max in 1usize..60,
             order_seed in any::<u64>(),
         ) {
