@@ -26,6 +26,7 @@ use crate::identify::{CgroupHint, ContainerId, ContainerIdentity, DockerContaine
 use crate::internal_events;
 use crate::state::{Lifecycle, Store};
 use crate::tail::format::LogFormat;
+use crate::tail::rotation_guard::RotationGuard;
 use crate::tail::tailer::{SourceSpec, Tailer, spawn_run};
 
 /// What an identification pass found.
@@ -79,6 +80,8 @@ pub struct Inventory {
     finished_rx: mpsc::Receiver<(ContainerId, String)>,
     tailers: TaskTracker,
     tail_shutdown: CancellationToken,
+    /// Opens rotated files at creation; `None` if inotify is unavailable.
+    rotation_guard: Option<RotationGuard>,
 }
 
 impl Inventory {
@@ -108,6 +111,13 @@ impl Inventory {
             finished_rx,
             tailers: TaskTracker::new(),
             tail_shutdown,
+            rotation_guard: match RotationGuard::start() {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    warn!(error = %internal_events::chain(&e), "No rotation guard; rotated files are found by name scans only.");
+                    None
+                }
+            },
         }
     }
 
@@ -405,13 +415,22 @@ impl Inventory {
         if e.active.contains(&info.key) {
             return;
         }
-        // A source whose container is gone and whose tailer already finished has nothing new.
+        // Watch for new files before the tailer lists the existing ones: nothing created in
+        // between can be missed.
+        let new_files = self.rotation_guard.as_ref().and_then(|g| match g.watch(&path) {
+            Ok(rx) => Some(rx),
+            Err(err) => {
+                debug!(source = %info.key, error = %internal_events::chain(&err), "Rotation guard cannot watch; name scans only.");
+                None
+            }
+        });
         let spec = SourceSpec {
             info: info.clone(),
             path,
             format,
             identity: e.identity_tx.subscribe(),
             running: e.running_tx.subscribe(),
+            new_files,
         };
         let tailer = match Tailer::new(spec, self.config.tail.clone(), self.store.clone(), self.batch_tx.clone()) {
             Ok(t) => t,

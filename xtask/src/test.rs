@@ -3,7 +3,8 @@
 //!
 //! Steps, each skipped when already done: install `docker.io` and `busybox-static`; start
 //! the Docker daemon; build the test image; remove containers earlier runs left; build the
-//! collector; then `cargo test --workspace --all-targets`, whose exit status is ours.
+//! collector; then `cargo test --workspace --all-targets --no-fail-fast`, whose exit status
+//! is ours.
 
 use std::process::ExitCode;
 
@@ -35,10 +36,11 @@ pub(crate) fn test(options: &Options) -> Result<ExitCode> {
     cmd::run(workspace::cargo().args(["build", "-p", "collector"]))?;
     let collector = target.join("debug").join("collector");
 
-    println!("xtask: cargo test --workspace --all-targets");
+    println!("xtask: cargo test --workspace --all-targets --no-fail-fast");
     let mut cargo_test = workspace::cargo();
     cargo_test
-        .args(["test", "--workspace", "--all-targets"])
+        // Every test binary runs, so one report shows every failure.
+        .args(["test", "--workspace", "--all-targets", "--no-fail-fast"])
         // Nothing in a test may wait for the EC2 instance metadata service.
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("COLLECTOR_BIN", &collector);

@@ -152,6 +152,7 @@ impl LineFramer {
     /// Returns `None` when the buffered bytes after the last frame hold neither a `'\n'` nor
     /// more than `max_line_bytes` bytes: read more, or call
     /// [`take_partial`](Self::take_partial) if the file is finished for good.
+    #[inline]
     pub fn next_frame(&mut self) -> Option<Frame> {
         if self.ready.is_empty() && !self.freeze_complete_lines() {
             return self.cut_long_partial();

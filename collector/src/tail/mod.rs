@@ -4,6 +4,7 @@ pub mod fingerprint;
 pub mod format;
 pub mod framing;
 pub mod record;
+pub mod rotation_guard;
 pub mod tailer;
 
 pub use record::{LogRecord, StdStream};

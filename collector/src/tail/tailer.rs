@@ -64,6 +64,9 @@ pub struct SourceSpec {
     /// True while the container runs. Once false, the source ends when its files are read
     /// to the end and quiet.
     pub running: watch::Receiver<bool>,
+    /// Files created at `path`, opened the instant they appeared (see `rotation_guard`).
+    /// `None` when the guard is unavailable: rotation is then found by name scans only.
+    pub new_files: Option<mpsc::Receiver<File>>,
 }
 
 /// Why a tailer returned.
@@ -91,7 +94,10 @@ pub struct Tailer {
     tx: mpsc::Sender<Batch>,
     current: Option<OpenFile>,
     queue: VecDeque<OpenFile>,
-    completed: VecDeque<(u64, u64)>,
+    /// Files finished, by fingerprint: a rotated file still on disk must not be read again,
+    /// but its inode number may be reused at once by a new file (Docker deletes the oldest
+    /// file and creates the new one within microseconds), so the head hash decides.
+    completed: VecDeque<Fingerprint>,
     decoder: Decoder,
     counters: SourceCounters,
     /// The position last sent: tells whether a pass moved the checkpoint.
@@ -157,8 +163,8 @@ impl Tailer {
         };
         for (i, (file, path)) in chain.into_iter().enumerate() {
             if i < start {
-                if let Ok(m) = file.metadata() {
-                    self.remember_completed(m.dev(), m.ino());
+                if let Ok(fp) = Fingerprint::of(&file, u64::MAX) {
+                    self.remember_completed(fp);
                 }
                 continue;
             }
@@ -176,6 +182,7 @@ impl Tailer {
     fn push_file(&mut self, file: File, path: PathBuf, offset: u64) {
         match Fingerprint::of(&file, u64::MAX) {
             Ok(fp) => {
+                debug!(source = %self.spec.info.key, ino = fp.ino, head_len = fp.head_len, offset, "Log file queued for reading.");
                 let mut file = file;
                 if offset > 0
                     && let Err(e) = io::Seek::seek(&mut file, io::SeekFrom::Start(offset))
@@ -190,32 +197,51 @@ impl Tailer {
         }
     }
 
-    fn remember_completed(&mut self, dev: u64, ino: u64) {
+    fn remember_completed(&mut self, fp: Fingerprint) {
         if self.completed.len() == COMPLETED_MEMORY {
             self.completed.pop_front();
         }
-        self.completed.push_back((dev, ino));
+        self.completed.push_back(fp);
     }
 
-    fn is_held(&self, dev: u64, ino: u64) -> bool {
+    /// Whether the file is open here. An open descriptor pins its inode, so the number alone
+    /// is enough.
+    fn is_open(&self, dev: u64, ino: u64) -> bool {
         self.current.iter().chain(self.queue.iter()).any(|f| f.fp.same_inode(dev, ino))
-            || self.completed.contains(&(dev, ino))
+    }
+
+    /// Whether `file` is one already read to its end.
+    fn is_completed(&self, file: &File) -> bool {
+        // An empty file proves nothing by its head; reading it again costs nothing.
+        self.completed.iter().any(|fp| fp.head_len > 0 && fp.matches(file))
     }
 
     /// Opens files of the chain that are newer than every file held, in age order.
     fn pick_up_new_files(&mut self) {
+        // First the files the rotation guard opened at creation, in creation order.
+        while let Some(file) = self.spec.new_files.as_mut().and_then(|rx| rx.try_recv().ok()) {
+            let Ok(meta) = file.metadata() else { continue };
+            if self.is_open(meta.dev(), meta.ino()) || self.is_completed(&file) {
+                continue;
+            }
+            if self.current.is_some() {
+                self.counters.rotations += 1;
+                internal_events::LogFileRotated { source: &self.spec.info.key, path: &self.spec.path }.emit();
+            }
+            self.push_file(file, self.spec.path.clone(), 0);
+        }
         let chain = list_chain(&self.spec.path);
         let newest_held = chain.iter().rposition(|&(_, dev, ino)| {
             self.current.iter().chain(self.queue.iter()).any(|f| f.fp.same_inode(dev, ino))
         });
         let from = newest_held.map_or(0, |i| i + 1);
         for (path, dev, ino) in chain.into_iter().skip(from) {
-            if self.is_held(dev, ino) {
+            if self.is_open(dev, ino) {
                 continue;
             }
             match File::open(&path) {
                 Ok(file) => {
-                    if file.metadata().is_ok_and(|m| m.ino() == ino) {
+                    if file.metadata().is_ok_and(|m| m.ino() == ino) && !self.is_completed(&file) {
                         if self.current.is_some() {
                             self.counters.rotations += 1;
                             internal_events::LogFileRotated { source: &self.spec.info.key, path: &path }.emit();
@@ -236,17 +262,15 @@ impl Tailer {
     pub async fn run(mut self, shutdown: CancellationToken) -> TailOutcome {
         let mut idle = Duration::from_millis(5);
         let mut quiet_since: Option<Instant> = None;
-        let mut last_scan = Instant::now() - Duration::from_secs(1);
         let mut records: Vec<LogRecord> = Vec::new();
         loop {
             if shutdown.is_cancelled() {
                 return TailOutcome::Cancelled;
             }
-            // Look for rotation at most every 50 ms while busy, and on every idle pass.
-            if last_scan.elapsed() >= Duration::from_millis(50) || quiet_since.is_some() || self.current.is_none() {
-                self.pick_up_new_files();
-                last_scan = Instant::now();
-            }
+            // Look for rotated files on every pass: a handful of stat calls per read of up to
+            // 1 MiB. Docker with `max-file=3` under a fast writer deletes a rotated file two
+            // rotations later (tens of milliseconds); only an open descriptor keeps it.
+            self.pick_up_new_files();
             // Before each pass: a file truncated (and maybe rewritten) since the last pass
             // is read again from 0, even when a rotation is also waiting.
             self.check_truncation();
@@ -316,6 +340,7 @@ impl Tailer {
     /// The current file will grow no more: emit what the decoder and framer hold and move on.
     fn finish_current_file(&mut self, records: &mut Vec<LogRecord>) {
         let Some(mut cur) = self.current.take() else { return };
+        debug!(source = %self.spec.info.key, ino = cur.fp.ino, offset = cur.framer.read_offset(), "Log file read to its end.");
         let now = now_rfc3339();
         while let Some(frame) = cur.framer.take_partial() {
             if let Err(e) = self.decoder.decode(frame, &now, records) {
@@ -326,7 +351,7 @@ impl Tailer {
         self.decoder.flush_pending(records);
         let fp = cur.fp;
         let offset = cur.framer.offset_committed();
-        self.remember_completed(fp.dev, fp.ino);
+        self.remember_completed(refresh_fp(&cur.file, fp, offset));
         // The records just flushed belong to the finished file: the next ack is its end.
         self.finished_file = Some((refresh_fp(&cur.file, fp, offset), cur.path.clone(), offset));
         self.current = self.queue.pop_front();
@@ -405,12 +430,25 @@ impl Tailer {
             last,
         };
         self.last_sent_offset = Some((fp, offset));
-        tokio::select! {
-            biased;
-            r = self.tx.send(batch) => if r.is_err() { return Some(TailOutcome::SinkClosed) },
-            _ = shutdown.cancelled() => return Some(TailOutcome::Cancelled),
+        // While the sinks hold us back, keep opening rotated files so they cannot be deleted
+        // from under us.
+        let tx = self.tx.clone();
+        let mut rescan = tokio::time::interval(Duration::from_millis(20));
+        rescan.tick().await;
+        loop {
+            tokio::select! {
+                biased;
+                permit = tx.reserve() => match permit {
+                    Ok(permit) => {
+                        permit.send(batch);
+                        return None;
+                    }
+                    Err(_) => return Some(TailOutcome::SinkClosed),
+                },
+                _ = shutdown.cancelled() => return Some(TailOutcome::Cancelled),
+                _ = rescan.tick() => self.pick_up_new_files(),
+            }
         }
-        None
     }
 }
 
@@ -496,7 +534,8 @@ fn list_chain(path: &Path) -> Vec<(PathBuf, u64, u64)> {
     chain
 }
 
-fn open_chain(path: &Path) -> Vec<(File, PathBuf)> {
+/// Opens the file chain, oldest first (see [`list_chain`]).
+pub(super) fn open_chain(path: &Path) -> Vec<(File, PathBuf)> {
     list_chain(path)
         .into_iter()
         .filter_map(|(p, _, ino)| {

@@ -79,6 +79,7 @@ impl Harness {
             format: LogFormat::Plain,
             identity: self.identity_tx.subscribe(),
             running: self.running_tx.subscribe(),
+            new_files: None,
         };
         let tailer = Tailer::new(spec, self.settings.clone(), self.store.clone(), tx).unwrap();
         tokio::spawn(tailer.run(stop))

@@ -221,6 +221,8 @@ impl DockerJsonDecoder {
 
     /// Emits the partial lines held, oldest first.
     pub fn flush_pending(&mut self, out: &mut Vec<LogRecord>) {
+        // The rest of an over-long line will not come either.
+        self.in_long_line = false;
         let stderr_first = match (self.stdout.start_offset(), self.stderr.start_offset()) {
             (Some(a), Some(b)) => b < a,
             _ => false,
@@ -234,6 +236,9 @@ impl DockerJsonDecoder {
 }
 
 /// A json-file line of any shape, for serde_json. Unknown fields (`attrs`) are ignored.
+///
+/// serde_json rejects a lone surrogate escape that the fast path turns into U+FFFD; moby
+/// never writes one (Go strings hold no surrogates), so only hand-made lines differ.
 #[derive(Deserialize)]
 struct JsonLine<'a> {
     /// The message, with its trailing `\n` unless it is a partial piece.
@@ -939,8 +944,9 @@ mod tests {
     #[test]
     fn scan_accepts_only_the_exact_shape() {
         use StdStream::{Stderr, Stdout};
-        // (line, Some((content, stream, time)) when the fast scanner takes it)
-        let cases: &[(&str, Option<(&str, StdStream, &str)>)] = &[
+        /// The content, stream and time the fast scanner finds.
+        type Parts = (&'static str, StdStream, &'static str);
+        let cases: &[(&str, Option<Parts>)] = &[
             (
                 r#"{"log":"a\n","stream":"stdout","time":"t1"}"#,
                 Some((r"a\n", Stdout, "t1")),
