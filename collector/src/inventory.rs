@@ -153,6 +153,7 @@ impl Inventory {
             ContainerEvent::Removed { container_id, source } => {
                 debug!(%container_id, via = source.as_str(), "Container removed.");
                 self.set_lifecycle(&container_id, Lifecycle::Removed);
+                self.forget_if_done(&container_id);
             }
             ContainerEvent::ScanComplete { source } => self.on_scan_complete(source),
         }
@@ -205,9 +206,10 @@ impl Inventory {
         if let Some(pid) = s.pid {
             e.pid = Some(pid);
         }
-        // A live process (procfs/cgroupfs) or Docker's start event on a container thought
-        // gone means it runs again (restart policy, `docker start`).
-        let live = s.pid.is_some() || matches!(s.source, DiscoverySource::Cgroupfs | DiscoverySource::DockerApi);
+        // A live process (procfs, Docker's start event with its PID) or a container cgroup
+        // on a container thought gone means it runs again (restart policy, `docker start`).
+        // Docker's listing after a reconnect names exited containers too: not a sign of life.
+        let live = s.pid.is_some() || s.source == DiscoverySource::Cgroupfs;
         if e.lifecycle != Lifecycle::Running && live && e.lifecycle != Lifecycle::Removed {
             e.lifecycle = Lifecycle::Running;
             e.running_tx.send_replace(true);
@@ -271,6 +273,7 @@ impl Inventory {
         if again {
             self.reidentify(&id);
         }
+        self.forget_if_done(&id);
     }
 
     fn set_lifecycle(&mut self, id: &ContainerId, lifecycle: Lifecycle) {
@@ -301,8 +304,9 @@ impl Inventory {
                 continue;
             }
             match source {
-                // Docker keeps a directory per container until `docker rm`.
-                DiscoverySource::DockerRoot if e.docker_known => gone.push(id.clone()),
+                // Docker keeps a directory per container until `docker rm`. A container never
+                // identified that has also stopped (a sighting that raced its removal) goes too.
+                DiscoverySource::DockerRoot if e.docker_known || e.lifecycle == Lifecycle::Exited => gone.push(id.clone()),
                 // No process left: confirm with Docker's state before calling it exited.
                 DiscoverySource::Procfs if e.lifecycle == Lifecycle::Running => check.push(id.clone()),
                 _ => {}
@@ -310,6 +314,7 @@ impl Inventory {
         }
         for id in gone {
             self.set_lifecycle(&id, Lifecycle::Removed);
+            self.forget_if_done(&id);
         }
         for id in check {
             let docker_says_running = self.entries.get(&id).and_then(|e| e.info.as_ref()).is_some_and(|i| i.state.running);
@@ -342,6 +347,14 @@ impl Inventory {
         }
     }
 
+    /// Drops a removed container whose sources are all read: its history stays in SQLite,
+    /// and the inventory's memory does not grow with container churn.
+    fn forget_if_done(&mut self, id: &ContainerId) {
+        if self.entries.get(id).is_some_and(|e| e.lifecycle == Lifecycle::Removed && e.active.is_empty() && !e.identifying) {
+            self.entries.remove(id);
+        }
+    }
+
     fn on_source_finished(&mut self, id: &ContainerId, key: &str) {
         let restart = match self.entries.get_mut(id) {
             Some(e) => {
@@ -355,6 +368,7 @@ impl Inventory {
             self.ensure_output_source(id);
             self.start_declared_files(id);
         }
+        self.forget_if_done(id);
     }
 
     /// Starts the tailer of the container's stdout/stderr log when it has none.
