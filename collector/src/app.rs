@@ -46,6 +46,9 @@ pub enum AppError {
     /// The ECS agent address is not usable.
     #[error(transparent)]
     EcsAgent(#[from] crate::identify::ecs_agent::EcsAgentError),
+    /// `discovery.ebpf = "on"` and eBPF could not start.
+    #[error("eBPF is required (discovery.ebpf = \"on\") but cannot start")]
+    Ebpf(#[from] crate::discover::ebpf::EbpfError),
     /// The data directory cannot be created.
     #[error("cannot create {path}")]
     CreateDir {
@@ -120,7 +123,17 @@ impl App {
         let agent = Arc::new(EcsAgentClient::try_new(config.ecs.agent_uri.clone(), config.ecs.agent_timeout, config.ecs.cache_ttl)?);
 
         let mut discovery = tokio::task::JoinSet::new();
-        {
+        // eBPF first: attached before the scans start, nothing created meanwhile is missed.
+        let ebpf = crate::discover::ebpf::start(crate::discover::ebpf::EbpfSettings {
+            mode: config.discovery.ebpf,
+            procfs_root: config.host.procfs_root.clone(),
+            layout: layout.clone(),
+        })
+        .await?;
+        if let Some(source) = ebpf {
+            discovery.spawn(source.run(event_tx.clone(), discovery_stop.clone()));
+        }
+        if config.discovery.docker_root_inotify {
             let watcher = DockerRootWatcher::new(config.host.docker_root.clone());
             let (tx, stop) = (event_tx.clone(), discovery_stop.clone());
             discovery.spawn(async move {

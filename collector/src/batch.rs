@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::identify::{ContainerId, ContainerIdentity};
 use crate::state::CheckpointUpdate;
-use crate::tail::LogRecord;
+use crate::tail::LogRecords;
 
 /// What kind of log source a batch comes from.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -22,6 +22,8 @@ pub enum SourceKind {
         /// Its path inside the container.
         container_path: PathBuf,
     },
+    /// The collector's own records about the container: how each run ended (`death.rs`).
+    Lifecycle,
 }
 
 /// A log source: one logical file chain (the live file and its rotated predecessors).
@@ -52,6 +54,9 @@ impl SourceInfo {
 }
 
 /// Records of one source, in file order, with the checkpoint that delivering them completes.
+///
+/// Its records point into the read buffers of the tailer (one reference per buffer, see
+/// [`LogRecords`]); dropping the batch once delivered gives the buffers back for reuse.
 #[derive(Clone, Debug)]
 pub struct Batch {
     /// Where the records come from.
@@ -59,7 +64,7 @@ pub struct Batch {
     /// The container's identity when the batch was cut.
     pub identity: Arc<ContainerIdentity>,
     /// The records (may be empty when only the checkpoint moves, e.g. past skipped lines).
-    pub records: Vec<LogRecord>,
+    pub records: LogRecords,
     /// Persisted once every sink has acknowledged the batch.
     pub ack: CheckpointUpdate,
     /// The source has ended (its container exited and every file was read): sinks may close
@@ -70,6 +75,6 @@ pub struct Batch {
 impl Batch {
     /// Bytes of message text in the batch.
     pub fn message_bytes(&self) -> usize {
-        self.records.iter().map(|r| r.message.len()).sum()
+        self.records.message_bytes()
     }
 }

@@ -18,13 +18,14 @@ use tracing::{debug, warn};
 
 use crate::batch::{Batch, SourceInfo};
 use crate::config::Config;
+use crate::death::{self, DeathTracker};
 use crate::discover::docker_api::DockerApi;
-use crate::discover::{ContainerEvent, DiscoverySource, Sighting};
+use crate::discover::{ContainerEvent, DiscoverySource, ProcessExit, Sighting};
 use crate::identify::cgroup::{self, CgroupLayout};
 use crate::identify::ecs_agent::EcsAgentClient;
 use crate::identify::{CgroupHint, ContainerId, ContainerIdentity, DockerContainerInfo, EcsTask, docker_config, labels};
 use crate::internal_events;
-use crate::state::{Lifecycle, Store};
+use crate::state::{DeathSource, Lifecycle, Store};
 use crate::tail::format::LogFormat;
 use crate::tail::rotation_guard::RotationGuard;
 use crate::tail::tailer::{SourceSpec, Tailer, spawn_run};
@@ -56,6 +57,8 @@ struct Entry {
     docker_known: bool,
     /// Discovery sources that saw it since their last full scan.
     seen_by: HashSet<DiscoverySource>,
+    /// How its runs ended, and whether the sinks were told (`death.rs`).
+    death: DeathTracker,
 }
 
 /// Settings the inventory needs from the configuration.
@@ -156,6 +159,7 @@ impl Inventory {
                 self.forget_if_done(&container_id);
             }
             ContainerEvent::ScanComplete { source } => self.on_scan_complete(source),
+            ContainerEvent::ProcessExited(exit) => self.on_process_exit(exit),
         }
     }
 
@@ -183,6 +187,7 @@ impl Inventory {
                     identify_again: false,
                     docker_known: false,
                     seen_by: HashSet::new(),
+                    death: DeathTracker::new(s.source),
                 },
             );
         }
@@ -209,8 +214,9 @@ impl Inventory {
         // A live process (procfs, Docker's start event with its PID) or a container cgroup
         // on a container thought gone means it runs again (restart policy, `docker start`).
         // Docker's listing after a reconnect names exited containers too: not a sign of life.
-        let live = s.pid.is_some() || s.source == DiscoverySource::Cgroupfs;
+        let live = s.pid.is_some() || matches!(s.source, DiscoverySource::Cgroupfs | DiscoverySource::Ebpf);
         if e.lifecycle != Lifecycle::Running && live && e.lifecycle != Lifecycle::Removed {
+            e.death.new_run();
             e.lifecycle = Lifecycle::Running;
             e.running_tx.send_replace(true);
             changed = true;
@@ -264,7 +270,11 @@ impl Inventory {
             Some(i) if !i.state.running => (i.state.exit_code, Some(i.state.oom_killed)),
             _ => (None, None),
         };
+        let oom = e.death.merge_oom(oom);
         if let Err(err) = self.store.record_container(&identity, e.lifecycle, exit_code, oom) {
+            internal_events::CheckpointWriteError { error: &err }.emit();
+        }
+        if let Err(err) = self.store.record_discovered_via(identity.container_id.as_str(), e.death.discovered_via.as_str()) {
             internal_events::CheckpointWriteError { error: &err }.emit();
         }
         let id = done.container_id;
@@ -273,6 +283,7 @@ impl Inventory {
         if again {
             self.reidentify(&id);
         }
+        self.maybe_log_death(&id);
         self.forget_if_done(&id);
     }
 
@@ -289,6 +300,7 @@ impl Inventory {
             Some(i) => (i.state.exit_code, Some(i.state.oom_killed)),
             None => (None, None),
         };
+        let oom = e.death.merge_oom(oom);
         if let Err(err) = self.store.record_container(&identity, lifecycle, exit_code, oom) {
             internal_events::CheckpointWriteError { error: &err }.emit();
         }
@@ -335,11 +347,15 @@ impl Inventory {
                 Err(_) => {}
             }
         }
-        // Retry identities that are still incomplete (Docker socket was down, agent slow).
+        // Retry identities that are still incomplete (Docker socket was down, agent slow),
+        // and Docker's view of stopped containers whose death is not known yet (Docker writes
+        // its final state a little after the process is gone).
         let incomplete: Vec<ContainerId> = self
             .entries
             .iter()
-            .filter(|(_, e)| !e.docker_known && e.lifecycle != Lifecycle::Removed)
+            .filter(|(id, e)| {
+                (!e.docker_known && e.lifecycle != Lifecycle::Removed) || self.death_pending(id, e)
+            })
             .map(|(id, _)| id.clone())
             .collect();
         for id in incomplete {
@@ -368,7 +384,80 @@ impl Inventory {
             self.ensure_output_source(id);
             self.start_declared_files(id);
         }
+        self.maybe_log_death(id);
         self.forget_if_done(id);
+    }
+
+    /// The kernel saw a process of the container die (eBPF): record an OOM kill, and for the
+    /// init process the death of the run, before the `Exited` that follows.
+    fn on_process_exit(&mut self, exit: ProcessExit) {
+        let Some(e) = self.entries.get_mut(&exit.container_id) else { return };
+        debug!(container_id = %exit.container_id, pid = exit.pid, comm = %exit.comm, init = exit.init,
+            status = exit.exit_status, signal = ?exit.signal, oom_killed = exit.oom_killed, "Container process exited.");
+        let death = e.death.on_process_exit(&exit);
+        let id = exit.container_id.as_str();
+        if exit.oom_killed
+            && let Err(err) = self.store.record_oom_kill(id, exit.pid)
+        {
+            internal_events::CheckpointWriteError { error: &err }.emit();
+        }
+        if let Some(death) = death {
+            // The row exists once identified; record it now so the death has a row to go to.
+            let identity = e.identity_tx.borrow().clone();
+            let oom = e.death.merge_oom(None);
+            let recorded = self
+                .store
+                .record_container(&identity, Lifecycle::Exited, death.exit_code, oom)
+                .and_then(|()| self.store.record_death(id, &death));
+            if let Err(err) = recorded {
+                internal_events::CheckpointWriteError { error: &err }.emit();
+            }
+        }
+    }
+
+    /// A stopped container whose output was read to the end, waiting for Docker to say how it
+    /// died (the kernel did not: eBPF off or the exit missed).
+    fn death_pending(&self, id: &ContainerId, e: &Entry) -> bool {
+        e.lifecycle == Lifecycle::Exited
+            && !e.death.logged()
+            && e.info.as_ref().is_some_and(|i| i.state.running)
+            && !e.active.contains(&SourceInfo::container_output(id.clone()).key)
+    }
+
+    /// Sends the record that tells the sinks how a run ended (`death.rs`), once: when the
+    /// container has stopped, its output was read to the end, and the kernel or Docker says
+    /// how it died.
+    fn maybe_log_death(&mut self, id: &ContainerId) {
+        let Some(e) = self.entries.get_mut(id) else { return };
+        let output_key = SourceInfo::container_output(id.clone()).key;
+        if e.lifecycle == Lifecycle::Running || e.death.logged() || e.active.contains(&output_key) {
+            return;
+        }
+        let state = e.info.as_ref().map(|i| &i.state);
+        let Some(death) = e.death.death(state) else { return };
+        let first_in_process = !e.death.any_logged();
+        e.death.mark_logged();
+        if death.source == DeathSource::Docker
+            && let Err(err) = self.store.record_death(id.as_str(), &death)
+        {
+            internal_events::CheckpointWriteError { error: &err }.emit();
+        }
+        // A restarted collector: was this run's record delivered before? Docker's StartedAt
+        // names the run (its death came after it).
+        let run_started = state
+            .and_then(|s| s.started_at.as_deref())
+            .and_then(death::parse_docker_time_ms)
+            .filter(|t| *t <= death.time_ms)
+            .unwrap_or(death.time_ms);
+        if first_in_process && death::delivered_before(&self.store, id, run_started) {
+            return;
+        }
+        let batch = death::lifecycle_batch(e.identity_tx.borrow().clone(), &death);
+        let tx = self.batch_tx.clone();
+        // Never block the inventory on the sinks; the tracker waits for it at shutdown.
+        self.tailers.spawn(async move {
+            let _ = tx.send(batch).await;
+        });
     }
 
     /// Starts the tailer of the container's stdout/stderr log when it has none.

@@ -12,6 +12,8 @@
 //! - [`inventory`]: the one owner of "what runs here"; starts and stops tailers.
 //! - [`tail`]: reads log files across rotation and truncation, frames and decodes lines into
 //!   [`tail::LogRecord`]s, in batches that carry the offsets they cover.
+//! - [`death`]: how each run of a container ended (eBPF or Docker), and the final record the
+//!   sinks get about it.
 //! - [`ship`]: sinks behind one trait (local directory, discard); acks move checkpoints.
 //! - [`state`]: SQLite: checkpoints and the history of containers and tasks.
 //! - [`config`]: the TOML configuration, its defaults and validation.
@@ -21,6 +23,7 @@
 pub mod app;
 pub mod batch;
 pub mod config;
+pub mod death;
 pub mod discover;
 pub mod identify;
 pub mod internal_events;
@@ -29,3 +32,6 @@ pub mod ship;
 pub mod state;
 pub mod tail;
 pub mod telemetry;
+
+#[cfg(test)]
+mod test_support;

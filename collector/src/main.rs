@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use collector::app::App;
-use collector::config::{Config, Overrides};
+use collector::config::{Config, EbpfMode, Overrides};
 use collector::telemetry;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -40,16 +40,26 @@ enum Command {
         /// Log as JSON lines instead of text.
         #[arg(long)]
         log_json: bool,
+        /// eBPF discovery and death forensics: auto (when possible), on (required), off
+        /// (also `discovery.ebpf` in TOML and COLLECTOR_DISCOVERY__EBPF).
+        #[arg(long, value_enum)]
+        ebpf: Option<EbpfMode>,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config, data_dir, print_config, log_json } => {
+        Command::Run { config, data_dir, print_config, log_json, ebpf } => {
             let overrides = Overrides { data_dir };
             let config = match Config::load(config.as_deref(), &overrides) {
-                Ok(c) => c,
+                Ok(mut c) => {
+                    // The flag beats every other layer.
+                    if let Some(mode) = ebpf {
+                        c.discovery.ebpf = mode;
+                    }
+                    c
+                }
                 Err(e) => {
                     eprintln!("collector: {e}");
                     return ExitCode::from(EXIT_USAGE);

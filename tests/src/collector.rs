@@ -85,6 +85,13 @@ pub struct CollectorBuilder {
     ecs_agent_uri: Option<String>,
     /// No config file at all: `collector run --data-dir DIR` on the embedded defaults.
     without_config: bool,
+    /// More `collector run` arguments, after the harness's own.
+    extra_args: Vec<OsString>,
+    /// Environment variables for the collector: the layer above the config file.
+    env: Vec<(OsString, OsString)>,
+    /// `setpriv` arguments to start the collector with (fewer privileges), and the
+    /// `(uid, gid)` that then owns the data directory.
+    setpriv: Option<(Vec<OsString>, (u32, u32))>,
 }
 
 impl CollectorBuilder {
@@ -104,6 +111,34 @@ impl CollectorBuilder {
     /// (the real host paths, the default ECS agent address, the default rescan interval).
     pub fn without_config(mut self) -> Self {
         self.without_config = true;
+        self
+    }
+
+    /// Adds `collector run` arguments (e.g. `--ebpf off`).
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.extra_args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets an environment variable of the collector, e.g.
+    /// `COLLECTOR_DISCOVERY__DOCKER_EVENTS=false` (environment beats the config file).
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Starts the collector as `setpriv ARGS -- collector ...` (e.g. as another user with fewer
+    /// capabilities), with its data directory owned by `owner` (uid, gid).
+    pub fn setpriv<I, S>(mut self, args: I, owner: (u32, u32)) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.setpriv = Some((args.into_iter().map(Into::into).collect(), owner));
         self
     }
 
@@ -157,12 +192,25 @@ impl CollectorBuilder {
             fs::write(&path, config).with_context(|| format!("write {}", path.display()))?;
             vec!["run".into(), "--config".into(), path.into()]
         };
+        let mut args = args;
+        args.extend(self.extra_args);
+        let mut wrapper = Vec::new();
+        if let Some((setpriv, (uid, gid))) = self.setpriv {
+            fs::create_dir_all(&data_dir).with_context(|| format!("create {}", data_dir.display()))?;
+            nix::unistd::chown(&data_dir, Some(uid.into()), Some(gid.into()))
+                .with_context(|| format!("chown {} to {uid}:{gid}", data_dir.display()))?;
+            wrapper.push("setpriv".into());
+            wrapper.extend(setpriv);
+            wrapper.push("--".into());
+        }
         let mut process = CollectorProcess {
             log: dir.path().join("collector.log"),
             dir,
             data_dir,
             bin,
             args,
+            wrapper,
+            env: self.env,
             child: None,
             starts: 0,
         };
@@ -217,8 +265,12 @@ pub struct CollectorProcess {
     log: PathBuf,
     /// The binary.
     bin: PathBuf,
-    /// `run --config FILE` or `run --data-dir DIR`.
+    /// `run --config FILE` or `run --data-dir DIR`, and the builder's extra arguments.
     args: Vec<OsString>,
+    /// A command (and its arguments) the binary is started through: `setpriv ... --`.
+    wrapper: Vec<OsString>,
+    /// The builder's environment variables.
+    env: Vec<(OsString, OsString)>,
     /// The current process; `None` after it was reaped.
     child: Option<Child>,
     /// How many times it was started, for the log's separators.
@@ -323,6 +375,16 @@ impl CollectorProcess {
             bail!("the collector exited ({status}); {}", self.stderr_tail());
         }
         Ok(())
+    }
+
+    /// The file that holds the collector's stdout and stderr (of every start).
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// Everything the collector printed so far (stdout and stderr of every start).
+    pub fn output(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// The last lines of the collector's stdout and stderr, for failure messages.
@@ -436,7 +498,14 @@ impl CollectorProcess {
             writeln!(log, "--- harness: start #{} ---", self.starts)
                 .with_context(|| format!("write {}", self.log.display()))?;
         }
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(wrapper_args).arg(&self.bin);
+                cmd
+            }
+            None => Command::new(&self.bin),
+        };
         cmd.args(&self.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("dup the log file")?)
@@ -451,6 +520,8 @@ impl CollectorProcess {
                 cmd.env_remove(key);
             }
         }
+        // ...except those the case sets on purpose.
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let child = cmd
             .spawn()
             .with_context(|| format!("start {}", self.bin.display()))?;

@@ -251,6 +251,8 @@ pub struct ContainerBuilder {
     binds: Vec<(PathBuf, String)>,
     /// The command and its arguments.
     command: Vec<String>,
+    /// More `docker run`/`docker create` options, e.g. `--memory 8m`.
+    options: Vec<String>,
 }
 
 impl ContainerBuilder {
@@ -309,6 +311,16 @@ impl ContainerBuilder {
         self
     }
 
+    /// Adds `docker run`/`docker create` options, e.g. `["--memory", "8m"]`.
+    pub fn options<I, S>(mut self, options: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.options.extend(options.into_iter().map(Into::into));
+        self
+    }
+
     /// Sets the command to `sh -c SCRIPT`.
     pub fn shell(self, script: impl Into<String>) -> Self {
         self.command(["sh".to_owned(), "-c".to_owned(), script.into()])
@@ -356,6 +368,7 @@ impl ContainerBuilder {
         for (host, container) in &self.binds {
             args.extend(["--volume".into(), format!("{}:{container}", host.display())]);
         }
+        args.extend(self.options);
         args.push(TEST_IMAGE.into());
         args.extend(self.command);
         match docker(&args) {

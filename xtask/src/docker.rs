@@ -40,8 +40,10 @@ const DOCKERD_ARGS: &[&str] = &["--iptables=false", "--bridge=none"];
 /// How long a starting daemon gets to answer.
 const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Installs `docker.io` when `dockerd` is missing and `busybox-static` when there is no static
-/// `/bin/busybox`, with `apt-get`.
+/// Installs `docker.io` when `dockerd` is missing, `busybox-static` when there is no static
+/// `/bin/busybox`, and `clang` when it is missing (the collector's `build.rs` compiles its
+/// eBPF programs with it; without it eBPF is compiled out and the eBPF tests fail), with
+/// `apt-get`.
 ///
 /// # Errors
 /// When a package must be installed and we are not root, or `apt-get` fails.
@@ -55,6 +57,10 @@ pub(crate) fn ensure_packages() -> Result<()> {
         println!("xtask: static busybox: {BUSYBOX}");
     } else {
         missing.push("busybox-static");
+    }
+    match find_program("clang") {
+        Some(path) => println!("xtask: clang: {}", path.display()),
+        None => missing.push("clang"),
     }
     if missing.is_empty() {
         return Ok(());
@@ -71,6 +77,10 @@ pub(crate) fn ensure_packages() -> Result<()> {
     ensure!(
         is_static_elf(Path::new(BUSYBOX)),
         "{BUSYBOX} is still missing or not static after installing busybox-static"
+    );
+    ensure!(
+        find_program("clang").is_some(),
+        "clang is still missing after installing clang"
     );
     Ok(())
 }

@@ -8,6 +8,7 @@
 //! - [`cmd`]: running child processes with errors that say what failed.
 //! - [`workspace`]: where the workspace and its target directory are, and the `cargo` to call.
 
+mod bench;
 mod cmd;
 mod docker;
 mod run;
@@ -38,6 +39,9 @@ enum Command {
     Test(test::Options),
     /// Build the collector in release mode and run `collector run ARGS`.
     Run(run::Options),
+    /// Measure the release collector (throughput, memory, idle cost, discovery latency)
+    /// beside `cat`, `wc -l` and, when installed, Fluent Bit and Vector.
+    Bench(bench::Options),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +49,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Test(options) => test::test(&options),
         Command::Run(options) => run::run(&options),
+        Command::Bench(options) => bench::bench(&options),
     };
     match result {
         Ok(code) => code,
@@ -81,7 +86,7 @@ mod tests {
         let cli = Cli::try_parse_from(["xtask", "run", "--config", "/etc/c.toml"]).unwrap();
         match cli.command {
             Command::Run(options) => assert_eq!(options.args, ["--config", "/etc/c.toml"]),
-            Command::Test(_) => panic!("parsed as test"),
+            other => panic!("parsed as {other:?}"),
         }
     }
 }

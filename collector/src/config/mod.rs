@@ -138,6 +138,13 @@ pub struct DiscoveryConfig {
     pub docker_events: bool,
     /// Watch cgroupfs with inotify.
     pub cgroup_inotify: bool,
+    /// Watch `docker_root/containers` with inotify (a container appears at `docker create`).
+    pub docker_root_inotify: bool,
+    /// eBPF tracepoints: a container is seen the instant its cgroup is made, and how it died
+    /// (exit code, signal, OOM kill and victim PID) is recorded. `auto` uses them when the
+    /// build, kernel and privileges allow and otherwise logs why once and goes on without;
+    /// `on` makes that a start-up error; `off` never loads them. Flag `--ebpf`.
+    pub ebpf: EbpfMode,
     /// How long an exited container's history (identity, counts) is kept in SQLite.
     #[serde(with = "humantime_serde")]
     pub history_retention: Duration,
@@ -149,9 +156,23 @@ impl Default for DiscoveryConfig {
             rescan_interval: Duration::from_secs(10),
             docker_events: true,
             cgroup_inotify: true,
+            docker_root_inotify: true,
+            ebpf: EbpfMode::Auto,
             history_retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
+}
+
+/// Whether eBPF is used (`discovery.ebpf`, `--ebpf`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum EbpfMode {
+    /// When the build, the kernel and the privileges allow; otherwise say why and go on.
+    Auto,
+    /// Required: the collector does not start without it.
+    On,
+    /// Never.
+    Off,
 }
 
 /// Where a tailer starts in a file it has no checkpoint for.
@@ -400,6 +421,14 @@ mod tests {
     fn a_named_missing_file_is_an_error() {
         let err = Config::load(Some(Path::new("/nonexistent/c.toml")), &Overrides::default()).unwrap_err();
         assert!(matches!(err, ConfigError::ReadFile { .. }));
+    }
+
+    #[test]
+    fn ebpf_mode_is_a_small_enumeration() {
+        assert_eq!(load_str("").unwrap().discovery.ebpf, EbpfMode::Auto);
+        assert_eq!(load_str("[discovery]\nebpf = \"off\"").unwrap().discovery.ebpf, EbpfMode::Off);
+        let err = load_str("[discovery]\nebpf = \"maybe\"").unwrap_err().to_string();
+        assert!(err.contains("discovery.ebpf") && err.contains("COLLECTOR_DISCOVERY__EBPF"), "{err}");
     }
 
     #[test]

@@ -442,7 +442,7 @@ impl CgroupWatcher {
         let mut out = Vec::new();
         tree.rescan(&mut out);
         loop {
-            if !send_all(&mut out, &tx, &shutdown).await {
+            if !super::send_all(&mut out, &tx, &shutdown, "cgroupfs watcher").await {
                 return Ok(());
             }
             let event = tokio::select! {
@@ -476,25 +476,6 @@ impl CgroupWatcher {
     }
 }
 
-/// Sends and empties `out`; false when the watcher must stop (shutdown, or nobody listens).
-/// Waiting on a full channel is the backpressure: events queue in the kernel meanwhile, and
-/// an overflow there is repaired by a rescan.
-async fn send_all(
-    out: &mut Vec<ContainerEvent>,
-    tx: &mpsc::Sender<ContainerEvent>,
-    shutdown: &CancellationToken,
-) -> bool {
-    for event in out.drain(..) {
-        tokio::select! {
-            _ = shutdown.cancelled() => return false,
-            sent = tx.send(event) => if sent.is_err() {
-                debug!(message = "Discovery channel closed; cgroupfs watcher stops.");
-                return false;
-            },
-        }
-    }
-    true
-}
 
 #[cfg(test)]
 mod tests {
@@ -503,7 +484,7 @@ mod tests {
     use super::*;
     use crate::identify::ContainerId;
     use crate::identify::cgroup::detect_layout;
-    use crate::identify::cgroup::testing::TestContainer;
+    use crate::test_support::TestContainer;
 
     const A: &str = "81509de4623e2fb6ac9a799df48d03c7a0787796cfd92fd984b80e027c4bb221";
     const B: &str = "38dcd24c1a7ac4b0401a1ed29ef79b0c030631df33322db9b092687c0bfd0a38";

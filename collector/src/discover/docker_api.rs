@@ -501,18 +501,7 @@ mod tests {
 
     use super::*;
 
-    fn docker_cli(args: &[&str]) -> String {
-        let out = Command::new("docker")
-            .args(args)
-            .output()
-            .expect("this test needs the docker CLI and a running dockerd");
-        assert!(
-            out.status.success(),
-            "docker {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
+    use crate::test_support::{TEST_IMAGE, docker as docker_cli};
 
     /// Removes the named containers even when an assertion fails.
     struct Cleanup(Vec<String>);
@@ -542,7 +531,7 @@ mod tests {
             "com.amazonaws.ecs.container-name=web",
             "-l",
             "team=logs",
-            "busybox:local",
+            TEST_IMAGE,
             "sleep",
             "60",
         ]);
@@ -552,7 +541,7 @@ mod tests {
         let info = api.inspect(&id).await.unwrap();
         assert_eq!(info.id, id);
         assert_eq!(info.name, name);
-        assert_eq!(info.image, "busybox:local");
+        assert_eq!(info.image, TEST_IMAGE);
         let want: std::collections::BTreeMap<String, String> = [
             ("com.amazonaws.ecs.container-name", "web"),
             ("team", "logs"),
@@ -640,6 +629,7 @@ mod tests {
             ContainerEvent::Exited { container_id, .. }
             | ContainerEvent::Removed { container_id, .. } => Some(container_id),
             ContainerEvent::ScanComplete { .. } => None,
+            ContainerEvent::ProcessExited(p) => Some(&p.container_id),
         }
     }
 
@@ -649,7 +639,7 @@ mod tests {
         let existing = nonce("docker-api-existing");
         let running = nonce("docker-api-running");
         let _cleanup = Cleanup(vec![existing.clone(), running.clone()]);
-        let existing_id = docker_cli(&["create", "--name", &existing, "busybox:local", "sh"]);
+        let existing_id = docker_cli(&["create", "--name", &existing, TEST_IMAGE, "sh"]);
         let existing_id = ContainerId::parse(existing_id.trim()).unwrap();
 
         let api = DockerApi::new(DEFAULT_SOCKET);
@@ -686,7 +676,7 @@ mod tests {
             "--rm",
             "--cidfile",
             &cidfile.to_string_lossy(),
-            "busybox:local",
+            TEST_IMAGE,
             // The imported busybox has only a few applets; `true` is a shell builtin.
             "sh",
             "-c",
@@ -714,6 +704,7 @@ mod tests {
                 ContainerEvent::Exited { .. } => "exited",
                 ContainerEvent::Removed { .. } => "removed",
                 ContainerEvent::ScanComplete { .. } => "scan",
+                ContainerEvent::ProcessExited(_) => "process exited",
             })
             .collect();
         // create and start give a Seen each; die; destroy.
@@ -725,7 +716,7 @@ mod tests {
             "-d",
             "--name",
             &running,
-            "busybox:local",
+            TEST_IMAGE,
             "sleep",
             "30",
         ]);

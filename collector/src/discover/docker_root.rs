@@ -247,7 +247,7 @@ impl DockerRootWatcher {
             }
 
             loop {
-                if !send_all(&mut out, &tx, &shutdown).await {
+                if !super::send_all(&mut out, &tx, &shutdown, "Docker root watcher").await {
                     return Ok(());
                 }
                 let event = tokio::select! {
@@ -279,7 +279,7 @@ impl DockerRootWatcher {
                 if self.handle(event.mask, event.name.as_deref(), &mut out) == Next::Reattach {
                     let _ = watches.remove(wd);
                     // Events already produced (before the folder went) are still true.
-                    if !send_all(&mut out, &tx, &shutdown).await {
+                    if !super::send_all(&mut out, &tx, &shutdown, "Docker root watcher").await {
                         return Ok(());
                     }
                     continue 'attach;
@@ -289,29 +289,11 @@ impl DockerRootWatcher {
     }
 }
 
-/// Sends and empties `out`; false when the watcher must stop (shutdown, or nobody listens).
-/// Waiting on a full channel is the backpressure: events queue in the kernel meanwhile.
-async fn send_all(
-    out: &mut Vec<ContainerEvent>,
-    tx: &mpsc::Sender<ContainerEvent>,
-    shutdown: &CancellationToken,
-) -> bool {
-    for event in out.drain(..) {
-        tokio::select! {
-            _ = shutdown.cancelled() => return false,
-            sent = tx.send(event) => if sent.is_err() {
-                debug!(message = "Discovery channel closed; Docker root watcher stops.");
-                return false;
-            },
-        }
-    }
-    true
-}
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identify::cgroup::testing::TestContainer;
+    use crate::test_support::TestContainer;
 
     const A: &str = "81509de4623e2fb6ac9a799df48d03c7a0787796cfd92fd984b80e027c4bb221";
     const B: &str = "38dcd24c1a7ac4b0401a1ed29ef79b0c030631df33322db9b092687c0bfd0a38";

@@ -11,12 +11,20 @@
 //!   sees a container from `docker create` until `docker rm`, even with the socket down.
 //! - `docker_api.rs`: the Docker events stream and inspect, through bollard, API version
 //!   negotiated with the daemon.
+//! - `ebpf.rs`: tracepoints on cgroup mkdir/rmdir and on the exec/exit of container init
+//!   processes and OOM kills (feature `ebpf`, optional at run time): sees a container start
+//!   and die the instant the kernel does, and how it died.
 //! - A periodic rescan (driven by the app) reruns the scans to repair whatever events missed.
 
 pub mod cgroupfs;
 pub mod docker_api;
 pub mod docker_root;
+pub mod ebpf;
 pub mod procfs;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
 
 use crate::identify::{CgroupId, ContainerId};
 
@@ -31,6 +39,8 @@ pub enum DiscoverySource {
     DockerRoot,
     /// Docker events or list.
     DockerApi,
+    /// eBPF tracepoints (`ebpf.rs`).
+    Ebpf,
 }
 
 impl DiscoverySource {
@@ -41,6 +51,7 @@ impl DiscoverySource {
             Self::Cgroupfs => "cgroupfs",
             Self::DockerRoot => "docker_root",
             Self::DockerApi => "docker_api",
+            Self::Ebpf => "ebpf",
         }
     }
 }
@@ -85,4 +96,52 @@ pub enum ContainerEvent {
         /// Which source scanned.
         source: DiscoverySource,
     },
+    /// The kernel saw a process of the container die (eBPF only): its init process (the
+    /// container ended with it) or a process the OOM killer chose.
+    ProcessExited(ProcessExit),
+}
+
+/// How a process of a container ended, as the kernel reported it (`ebpf.rs`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessExit {
+    /// The container.
+    pub container_id: ContainerId,
+    /// Host PID of the process (its thread group id in the initial pid namespace).
+    pub pid: i32,
+    /// Its command name.
+    pub comm: String,
+    /// It was the container's init process (pid 1 of the container's pid namespace): the
+    /// container ended with it.
+    pub init: bool,
+    /// The status it exited with (0-255); meaningful when `signal` is `None`.
+    pub exit_status: i32,
+    /// The signal that ended it.
+    pub signal: Option<i32>,
+    /// It dumped core.
+    pub core_dumped: bool,
+    /// The OOM killer chose it (`oom:mark_victim`).
+    pub oom_killed: bool,
+    /// When it died (ms since the Unix epoch).
+    pub time_ms: i64,
+}
+
+/// Sends and empties `out`; false when the watcher must stop (shutdown, or nobody listens).
+/// Waiting on a full channel is the backpressure: events queue in the kernel meanwhile, and an
+/// inotify overflow there is repaired by a rescan.
+pub(crate) async fn send_all(
+    out: &mut Vec<ContainerEvent>,
+    tx: &mpsc::Sender<ContainerEvent>,
+    shutdown: &CancellationToken,
+    watcher: &'static str,
+) -> bool {
+    for event in out.drain(..) {
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            sent = tx.send(event) => if sent.is_err() {
+                debug!(watcher, "Discovery channel closed; watcher stops.");
+                return false;
+            },
+        }
+    }
+    true
 }

@@ -538,96 +538,6 @@ pub fn cgroup_id(layout: &CgroupLayout, cgroup_path: &str) -> Result<CgroupId, C
     }
 }
 
-/// Helpers shared by the tests of the discovery modules: real containers on this machine.
-#[cfg(test)]
-pub(crate) mod testing {
-    use std::process::Command;
-
-    /// A container started for a test, removed (`docker rm -f`) on drop, with its ECS-style
-    /// cgroup parent removed from every hierarchy.
-    pub(crate) struct TestContainer {
-        /// Full id.
-        pub(crate) id: String,
-        /// The 32-hex task id used in `--cgroup-parent /ecs/<task>`.
-        pub(crate) task: String,
-    }
-
-    /// A random 32-hex task id.
-    pub(crate) fn random_task_id() -> String {
-        let bytes = std::fs::read("/proc/sys/kernel/random/uuid").unwrap();
-        String::from_utf8(bytes).unwrap().trim().replace('-', "")
-    }
-
-    fn docker(args: &[&str]) -> String {
-        let out = Command::new("docker")
-            .args(args)
-            .output()
-            .expect("these tests need the docker CLI and a running dockerd");
-        assert!(
-            out.status.success(),
-            "docker {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    }
-
-    impl TestContainer {
-        /// `docker run -d --cgroup-parent /ecs/<task> busybox:local sleep 30`.
-        pub(crate) fn run() -> Self {
-            let task = random_task_id();
-            let parent = format!("/ecs/{task}");
-            let id = docker(&[
-                "run",
-                "-d",
-                "--cgroup-parent",
-                &parent,
-                "busybox:local",
-                "sleep",
-                "30",
-            ]);
-            Self { id, task }
-        }
-
-        /// `docker create busybox:local true`: a directory in the Docker root, no cgroup.
-        pub(crate) fn create() -> Self {
-            let id = docker(&["create", "busybox:local", "true"]);
-            Self {
-                id,
-                task: random_task_id(),
-            }
-        }
-
-        /// Host PID of the container's init process.
-        pub(crate) fn pid(&self) -> i32 {
-            docker(&["inspect", "-f", "{{.State.Pid}}", &self.id])
-                .parse()
-                .unwrap()
-        }
-
-        /// `docker rm -f`, now.
-        pub(crate) fn remove(&self) {
-            docker(&["rm", "-f", &self.id]);
-        }
-
-        /// `docker kill`: the process ends, the cgroup goes, the container stays.
-        pub(crate) fn kill(&self) {
-            docker(&["kill", &self.id]);
-        }
-    }
-
-    impl Drop for TestContainer {
-        fn drop(&mut self) {
-            let _ = Command::new("docker").args(["rm", "-f", &self.id]).output();
-            // Docker leaves `--cgroup-parent` directories behind: remove ours (best effort,
-            // only empty cgroups can be removed).
-            if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
-                for entry in entries.flatten() {
-                    let _ = std::fs::remove_dir(entry.path().join("ecs").join(&self.task));
-                }
-            }
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -1060,7 +970,7 @@ mod tests {
         assert!(layout.v1_hierarchy("memory").is_some());
         assert!(layout.v1_hierarchy("name=systemd").is_some());
 
-        let c = testing::TestContainer::run();
+        let c = crate::test_support::TestContainer::run();
         let text = fs::read_to_string(format!("/proc/{}/cgroup", c.pid())).unwrap();
         let (hint, path) = container_of(&parse_proc_cgroup(&text)).unwrap();
         assert_eq!(hint.container_id.as_str(), c.id);

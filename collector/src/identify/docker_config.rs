@@ -680,18 +680,7 @@ mod tests {
         }
     }
 
-    fn docker(args: &[&str]) -> String {
-        let out = Command::new("docker")
-            .args(args)
-            .output()
-            .expect("this test needs the docker CLI and a running dockerd");
-        assert!(
-            out.status.success(),
-            "docker {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
+    use crate::test_support::{TEST_IMAGE, docker};
 
     /// A real container read both ways, from dockerd's files and from the API, gives the
     /// same [`DockerContainerInfo`].
@@ -719,7 +708,7 @@ mod tests {
             &bind,
             "-v",
             &vol,
-            "busybox:local",
+            TEST_IMAGE,
             "sleep",
             "60",
         ]);

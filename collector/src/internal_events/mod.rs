@@ -34,6 +34,10 @@ pub struct Counters {
     pub checkpoint_errors: AtomicU64,
     /// Identity look-ups that failed (Docker, ECS agent).
     pub identify_errors: AtomicU64,
+    /// Records read from the eBPF ring buffer.
+    pub ebpf_events: AtomicU64,
+    /// eBPF records lost in the kernel (ring buffer full).
+    pub ebpf_events_dropped: AtomicU64,
 }
 
 /// The counters.
@@ -47,6 +51,8 @@ pub static COUNTERS: Counters = Counters {
     sink_errors: AtomicU64::new(0),
     checkpoint_errors: AtomicU64::new(0),
     identify_errors: AtomicU64::new(0),
+    ebpf_events: AtomicU64::new(0),
+    ebpf_events_dropped: AtomicU64::new(0),
 };
 
 fn inc(c: &AtomicU64, n: u64) {
@@ -188,6 +194,36 @@ impl IdentifyError<'_> {
     pub fn emit(self) {
         inc(&COUNTERS.identify_errors, 1);
         debug!(container_id = %self.container_id, via = self.via, error = %chain(self.error), "Identity look-up failed.");
+    }
+}
+
+/// The eBPF programs wrote records (counted from their per-CPU counters).
+pub struct EbpfEventsReceived {
+    /// Records since the last count.
+    pub count: u64,
+}
+
+impl EbpfEventsReceived {
+    /// Counts (no log: periodic).
+    pub fn emit(self) {
+        inc(&COUNTERS.ebpf_events, self.count);
+    }
+}
+
+/// The kernel dropped eBPF records because the ring buffer was full. Discovery is repaired by
+/// the periodic rescan; a lost exit leaves the death to Docker's state.
+pub struct EbpfEventsDropped {
+    /// Records lost since the last count.
+    pub count: u64,
+    /// Records lost since start.
+    pub total: u64,
+}
+
+impl EbpfEventsDropped {
+    /// Logs (once per counter read, so at most every few seconds) and counts.
+    pub fn emit(self) {
+        inc(&COUNTERS.ebpf_events_dropped, self.count);
+        warn!(count = self.count, total = self.total, "eBPF records dropped (ring buffer full); the rescan repairs discovery.");
     }
 }
 

@@ -18,3 +18,7 @@ pub const SINK_ERRORS: &str = "collector_sink_errors_total";
 pub const CHECKPOINT_ERRORS: &str = "collector_checkpoint_errors_total";
 /// Identity look-up errors.
 pub const IDENTIFY_ERRORS: &str = "collector_identify_errors_total";
+/// Records read from the eBPF ring buffer.
+pub const EBPF_EVENTS: &str = "collector_ebpf_events_total";
+/// eBPF records the kernel dropped (ring buffer full).
+pub const EBPF_EVENTS_DROPPED: &str = "collector_ebpf_events_dropped_total";

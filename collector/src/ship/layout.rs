@@ -6,6 +6,7 @@
 //! pods/<namespace>_<pod>/<container>/...                    Kubernetes pods
 //! containers/<docker name>-<short id>/...                   anything else
 //! .../files/<path inside the container>                     declared files
+//! .../lifecycle.log                                          how each run ended (collector)
 //! ```
 //! One directory per task, so `grep -r` over a task is one path; names are sanitised so a
 //! label cannot climb out of the tree.
@@ -62,6 +63,7 @@ pub fn file_in_container_dir(kind: &SourceKind, stream: Option<StdStream>) -> Pa
             }
             p
         }
+        SourceKind::Lifecycle => PathBuf::from("lifecycle.log"),
     }
 }
 

@@ -53,6 +53,65 @@ pub struct ContainerRecord {
     pub exited_ms: Option<i64>,
     /// When it was seen removed.
     pub removed_ms: Option<i64>,
+    /// The signal that ended its init process (9 = SIGKILL), when the kernel saw it (eBPF).
+    pub exit_signal: Option<i32>,
+    /// Host PID of the process the OOM killer chose in this container (eBPF).
+    pub oom_victim_pid: Option<i32>,
+    /// Host PID of the init process whose exit ended the last run (eBPF).
+    pub exit_pid: Option<i32>,
+    /// When the last run ended (ms since epoch): the kernel's time (eBPF) or Docker's
+    /// `FinishedAt`.
+    pub died_ms: Option<i64>,
+    /// Who reported the death: the kernel or Docker.
+    pub death_source: Option<DeathSource>,
+    /// The discovery source that saw it first (`ebpf`, `cgroupfs`, `docker_root`, ...).
+    pub discovered_via: Option<String>,
+}
+
+/// Who reported a container's death.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeathSource {
+    /// The kernel, through the eBPF programs: exact exit status, signal, OOM victim.
+    Ebpf,
+    /// Docker's state (`State.ExitCode`, `State.OOMKilled`, `State.FinishedAt`).
+    Docker,
+}
+
+impl DeathSource {
+    /// Stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ebpf => "ebpf",
+            Self::Docker => "docker",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ebpf" => Some(Self::Ebpf),
+            "docker" => Some(Self::Docker),
+            _ => None,
+        }
+    }
+}
+
+/// How a container's run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Death {
+    /// Exit code as Docker reports it: the exit status, or 128 + the signal number.
+    pub exit_code: Option<i64>,
+    /// The signal that ended the init process.
+    pub signal: Option<i32>,
+    /// Whether the OOM killer killed a process of the container during the run.
+    pub oom_killed: Option<bool>,
+    /// Host PID of the OOM killer's victim.
+    pub oom_victim_pid: Option<i32>,
+    /// Host PID of the init process.
+    pub pid: Option<i32>,
+    /// When the run ended (ms since epoch).
+    pub time_ms: i64,
+    /// Who reported it.
+    pub source: DeathSource,
 }
 
 impl Store {
@@ -111,6 +170,65 @@ impl Store {
         Ok(())
     }
 
+    /// Records how a container's run ended (its row must exist: [`Store::record_container`]
+    /// first). Fields the report does not know keep what is stored.
+    ///
+    /// # Errors
+    /// The write failed.
+    pub fn record_death(&self, container_id: &str, death: &Death) -> Result<(), StateError> {
+        let q = |source| StateError::Query { operation: "record death", source };
+        self.lock()
+            .execute(
+                "UPDATE containers SET
+                    exit_code = coalesce(?2, exit_code), exit_signal = ?3,
+                    oom_killed = coalesce(?4, oom_killed), oom_victim_pid = coalesce(?5, oom_victim_pid),
+                    exit_pid = coalesce(?6, exit_pid), died_ms = ?7, death_source = ?8
+                 WHERE container_id = ?1",
+                params![
+                    container_id,
+                    death.exit_code,
+                    death.signal,
+                    death.oom_killed,
+                    death.oom_victim_pid,
+                    death.pid,
+                    death.time_ms,
+                    death.source.as_str(),
+                ],
+            )
+            .map_err(q)?;
+        Ok(())
+    }
+
+    /// Records that the OOM killer chose `victim_pid` in a container (which may live on).
+    ///
+    /// # Errors
+    /// The write failed.
+    pub fn record_oom_kill(&self, container_id: &str, victim_pid: i32) -> Result<(), StateError> {
+        let q = |source| StateError::Query { operation: "record OOM kill", source };
+        self.lock()
+            .execute(
+                "UPDATE containers SET oom_killed = 1, oom_victim_pid = ?2 WHERE container_id = ?1",
+                params![container_id, victim_pid],
+            )
+            .map_err(q)?;
+        Ok(())
+    }
+
+    /// Records the discovery source that saw a container first; later calls keep the first.
+    ///
+    /// # Errors
+    /// The write failed.
+    pub fn record_discovered_via(&self, container_id: &str, via: &str) -> Result<(), StateError> {
+        let q = |source| StateError::Query { operation: "record discovery source", source };
+        self.lock()
+            .execute(
+                "UPDATE containers SET discovered_via = coalesce(discovered_via, ?2) WHERE container_id = ?1",
+                params![container_id, via],
+            )
+            .map_err(q)?;
+        Ok(())
+    }
+
     /// A remembered container.
     ///
     /// # Errors
@@ -120,7 +238,8 @@ impl Store {
         let row = self
             .lock()
             .query_row(
-                "SELECT identity, lifecycle, exit_code, oom_killed, first_seen_ms, exited_ms, removed_ms
+                "SELECT identity, lifecycle, exit_code, oom_killed, first_seen_ms, exited_ms, removed_ms,
+                    exit_signal, oom_victim_pid, exit_pid, died_ms, death_source, discovered_via
                  FROM containers WHERE container_id = ?1",
                 [container_id],
                 |r| {
@@ -132,12 +251,20 @@ impl Store {
                         r.get::<_, i64>(4)?,
                         r.get::<_, Option<i64>>(5)?,
                         r.get::<_, Option<i64>>(6)?,
+                        (
+                            r.get::<_, Option<i32>>(7)?,
+                            r.get::<_, Option<i32>>(8)?,
+                            r.get::<_, Option<i32>>(9)?,
+                            r.get::<_, Option<i64>>(10)?,
+                            r.get::<_, Option<String>>(11)?,
+                            r.get::<_, Option<String>>(12)?,
+                        ),
                     ))
                 },
             )
             .optional()
             .map_err(q)?;
-        let Some((json, lifecycle, exit_code, oom_killed, first_seen_ms, exited_ms, removed_ms)) = row else {
+        let Some((json, lifecycle, exit_code, oom_killed, first_seen_ms, exited_ms, removed_ms, death)) = row else {
             return Ok(None);
         };
         let identity = serde_json::from_str(&json).map_err(|source| StateError::Decode { what: "identity", source })?;
@@ -149,6 +276,12 @@ impl Store {
             first_seen_ms,
             exited_ms,
             removed_ms,
+            exit_signal: death.0,
+            oom_victim_pid: death.1,
+            exit_pid: death.2,
+            died_ms: death.3,
+            death_source: death.4.as_deref().and_then(DeathSource::parse),
+            discovered_via: death.5,
         }))
     }
 
@@ -201,8 +334,36 @@ mod tests {
         assert_eq!(r.oom_killed, Some(true));
         assert!(r.exited_ms.is_some() && r.removed_ms.is_some());
         assert_eq!(r.identity, id);
+        assert_eq!((r.exit_signal, r.died_ms, r.death_source), (None, None, None));
         assert_eq!(s.expire_history(3_600_000).unwrap(), 0);
         assert_eq!(s.expire_history(-1).unwrap(), 1);
         assert!(s.container(&"a".repeat(64)).unwrap().is_none());
+    }
+
+    #[test]
+    fn deaths_oom_kills_and_discovery_are_kept() {
+        let s = Store::in_memory().unwrap();
+        let id = ContainerIdentity::new(ContainerId::parse(&"c".repeat(64)).unwrap());
+        let key = "c".repeat(64);
+        s.record_container(&id, Lifecycle::Running, None, None).unwrap();
+        s.record_discovered_via(&key, "ebpf").unwrap();
+        s.record_discovered_via(&key, "docker_root").unwrap();
+        s.record_oom_kill(&key, 4321).unwrap();
+        let death = Death {
+            exit_code: Some(137),
+            signal: Some(9),
+            oom_killed: None,
+            oom_victim_pid: None,
+            pid: Some(4000),
+            time_ms: 1_700_000_000_000,
+            source: DeathSource::Ebpf,
+        };
+        s.record_death(&key, &death).unwrap();
+        // Docker's later view of the same exit does not erase what the kernel said.
+        s.record_container(&id, Lifecycle::Exited, Some(137), None).unwrap();
+        let r = s.container(&key).unwrap().unwrap();
+        assert_eq!((r.exit_code, r.exit_signal, r.oom_killed, r.oom_victim_pid), (Some(137), Some(9), Some(true), Some(4321)));
+        assert_eq!((r.exit_pid, r.died_ms, r.death_source), (Some(4000), Some(1_700_000_000_000), Some(DeathSource::Ebpf)));
+        assert_eq!(r.discovered_via.as_deref(), Some("ebpf"));
     }
 }

@@ -18,10 +18,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rusqlite::Connection;
 
 pub use checkpoint::{Checkpoint, CheckpointUpdate, SourceCounters};
-pub use history::{ContainerRecord, Lifecycle};
+pub use history::{ContainerRecord, Death, DeathSource, Lifecycle};
 
 /// The schema version this build writes. Migrations below upgrade older files.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Errors from the state database.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +111,9 @@ impl Store {
         if version < 1 {
             conn.execute_batch(MIGRATION_1).map_err(open_err)?;
         }
+        if version < 2 {
+            conn.execute_batch(MIGRATION_2).map_err(open_err)?;
+        }
         Ok(Self { conn: Arc::new(Mutex::new(conn)) })
     }
 
@@ -122,6 +125,8 @@ impl Store {
         let conn = Connection::open_in_memory()
             .map_err(|source| StateError::Open { path: ":memory:".into(), source })?;
         conn.execute_batch(MIGRATION_1)
+            .map_err(|source| StateError::Open { path: ":memory:".into(), source })?;
+        conn.execute_batch(MIGRATION_2)
             .map_err(|source| StateError::Open { path: ":memory:".into(), source })?;
         Ok(Self { conn: Arc::new(Mutex::new(conn)) })
     }
@@ -182,6 +187,20 @@ PRAGMA user_version = 1;
 COMMIT;
 ";
 
+/// Version 2: how containers died (eBPF or Docker) and how they were discovered.
+/// `exit_code` and `oom_killed` (version 1) keep their meaning; the death record fills them too.
+const MIGRATION_2: &str = "
+BEGIN;
+ALTER TABLE containers ADD COLUMN exit_signal    INTEGER;  -- signal that ended the init process (9 = SIGKILL)
+ALTER TABLE containers ADD COLUMN oom_victim_pid INTEGER;  -- host PID the OOM killer chose in this container
+ALTER TABLE containers ADD COLUMN exit_pid       INTEGER;  -- host PID of the init process that exited
+ALTER TABLE containers ADD COLUMN died_ms        INTEGER;  -- when the last run ended
+ALTER TABLE containers ADD COLUMN death_source   TEXT;     -- 'ebpf' (the kernel saw it) | 'docker' (Docker's state)
+ALTER TABLE containers ADD COLUMN discovered_via TEXT;     -- first discovery source: ebpf | cgroupfs | procfs | docker_root | docker_api
+PRAGMA user_version = 2;
+COMMIT;
+";
+
 /// Milliseconds since the Unix epoch, for timestamps in the database.
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -205,6 +224,32 @@ mod tests {
         let s = Store::open(&path).unwrap();
         let n: i64 = s.lock().query_row("SELECT count(*) FROM sources", [], |r| r.get(0)).unwrap();
         assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn version_1_files_migrate_to_2_keeping_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATION_1).unwrap();
+            conn.execute(
+                "INSERT INTO containers (container_id, lifecycle, exit_code, oom_killed, identity, first_seen_ms, last_seen_ms)
+                 VALUES ('c', 'exited', 137, 1, '{}', 1, 1)",
+                [],
+            )
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        let conn = s.lock();
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let row: (i64, bool, Option<i64>, Option<String>) = conn
+            .query_row("SELECT exit_code, oom_killed, exit_signal, death_source FROM containers", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .unwrap();
+        assert_eq!(row, (137, true, None, None));
     }
 
     #[test]

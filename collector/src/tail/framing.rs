@@ -1,10 +1,20 @@
 //! Newline framing of a log file's bytes into zero-copy line frames with exact file offsets.
 //!
-//! [`LineFramer`] owns one read buffer. Each [`LineFramer::read_from`] is a single `read()`
-//! into its spare capacity; [`LineFramer::next_frame`] then hands out complete lines as
-//! [`Bytes`] slices of that buffer: the region holding complete lines is frozen once and
-//! sliced per line, so a line costs a `memchr` and a reference-count increment, never a copy
-//! or an allocation.
+//! [`LineFramer`] reads into a buffer, freezes it into a [`Bytes`] chunk, and hands out each
+//! complete line as a [`Frame`]: a borrowed slice of that chunk. A line costs a `memchr`, no
+//! copy, no allocation and no reference-count operation; the records made from it keep one
+//! reference to the whole chunk ([`LogRecords`](super::record::LogRecords)).
+//!
+//! Buffers come from a [`BufferPool`]: a chunk's buffer goes back to its pool when the last
+//! batch pointing into it is dropped, so a busy file reuses a few warm buffers instead of
+//! allocating and zeroing 256 KiB per read (page faults and `memset` were about 8% of the
+//! decode path). A read much smaller than the pool's buffers (a quiet file) gets a buffer of
+//! its own size instead, so a thousand quiet files hold a thousand small buffers, not a
+//! thousand large ones. The pool also counts the buffers out, which lets the tailer bound the
+//! memory a fast file holds in flight ([`BufferPool::wait_below`]).
+//!
+//! The bytes after the last `'\n'` of a read (a line not yet complete) are copied to the front
+//! of the next read's buffer: about half a line per read.
 //!
 //! A line longer than `max_line_bytes` is never dropped: it comes out as pieces of
 //! `max_line_bytes` marked [`Frame::truncated`], followed by the rest of the line. This keeps
@@ -26,19 +36,31 @@
 //! ```
 
 use std::io::Read;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use super::record::MAX_CHUNK_BYTES;
 
 /// The default size of one `read()`: large enough that the syscall cost per byte is noise
 /// (about 2 000 lines of a typical container log), small enough to stay in L2 cache while
 /// it is framed and decoded.
 pub const DEFAULT_READ_SIZE: usize = 256 * 1024;
 
-/// One line of a file (or a piece of a line longer than the limit), without its `'\n'`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Frame {
-    /// The line's bytes without the trailing `'\n'`: a slice of the framer's read buffer.
-    pub bytes: Bytes,
+/// The smallest read: asking for less saves nothing.
+const MIN_READ: usize = 4096;
+
+/// One line of a file (or a piece of a line longer than the limit), without its `'\n'`,
+/// borrowed from the framer's current chunk.
+#[derive(Clone, Copy, Debug)]
+pub struct Frame<'a> {
+    /// The buffer the line lies in. Decoders keep a reference to it (one per buffer, not
+    /// per line) instead of copying the line.
+    pub chunk: &'a Bytes,
+    /// The line's bytes without the trailing `'\n'`: a slice of `chunk`.
+    pub bytes: &'a [u8],
     /// File offset of the first byte of `bytes`.
     pub start_offset: u64,
     /// File offset just after this frame: after its `'\n'`, or after its last byte when the
@@ -51,100 +73,267 @@ pub struct Frame {
     pub truncated: bool,
 }
 
-/// Splits the bytes of one file into [`Frame`]s, across reads of any size.
-///
-/// Call [`read_from`](Self::read_from), then [`next_frame`](Self::next_frame) until it returns
-/// `None`, and repeat. Reading again without draining the frames first makes the buffer grow
-/// by up to `read_size` per call.
-#[derive(Debug)]
-pub struct LineFramer {
-    /// Bytes read but not yet frozen into `ready`. Invariant: every byte of this buffer's
-    /// allocation, including its spare capacity, is initialised (we only ever use allocations
-    /// made by `BytesMut::zeroed`, and never call `reserve`, which could allocate
-    /// uninitialised memory), so `read_from` can lend the spare capacity to `Read::read`
-    /// as a `&mut [u8]` without zeroing it on every read.
-    buf: BytesMut,
-    /// A frozen prefix of the buffer that ends with `'\n'`: complete lines not yet returned.
-    /// Frames are sliced from it, which is what makes them zero-copy.
-    ready: Bytes,
-    /// File offset of `ready[0]`: the offset after the last frame returned.
-    offset: u64,
-    /// Length of the prefix of `buf` already searched for `'\n'` without success, so a long
-    /// partial line is scanned once, not once per read.
-    scanned: usize,
-    /// Most bytes one `read_from` asks for.
-    read_size: usize,
-    /// Longest frame returned; longer lines come out in pieces of this size.
-    max_line_bytes: usize,
+impl<'a> Frame<'a> {
+    /// A frame of the whole of `chunk`.
+    pub fn whole(chunk: &'a Bytes, start_offset: u64, end_offset: u64, truncated: bool) -> Self {
+        Self {
+            chunk,
+            bytes: chunk,
+            start_offset,
+            end_offset,
+            truncated,
+        }
+    }
 }
 
-impl LineFramer {
-    /// A framer for a file whose next byte to read is at `start_offset`.
-    ///
-    /// `read_size` and `max_line_bytes` are raised to at least 1.
-    pub fn new(start_offset: u64, read_size: usize, max_line_bytes: usize) -> Self {
-        Self {
-            buf: BytesMut::new(),
-            ready: Bytes::new(),
-            offset: start_offset,
-            scanned: 0,
-            read_size: read_size.max(1),
-            max_line_bytes: max_line_bytes.max(1),
+/// Read buffers of one size, reused once every chunk made from them is dropped.
+///
+/// It keeps every returned buffer until [`shrink`](Self::shrink), and counts the buffers out
+/// (in chunks still referenced by batches in flight, or being filled).
+#[derive(Debug)]
+pub struct BufferPool {
+    /// Size of every buffer.
+    size: usize,
+    /// Buffers returned and not yet reused, all of `size` bytes, initialised.
+    free: Mutex<Vec<Vec<u8>>>,
+    /// Buffers taken and not yet returned.
+    out: AtomicUsize,
+    /// Signalled when a buffer comes back.
+    returned: Notify,
+}
+
+impl BufferPool {
+    /// An empty pool of buffers of `size` bytes (at least 1).
+    pub fn new(size: usize) -> Arc<Self> {
+        Arc::new(Self {
+            size: size.max(1),
+            free: Mutex::new(Vec::new()),
+            out: AtomicUsize::new(0),
+            returned: Notify::new(),
+        })
+    }
+
+    /// Size of the buffers.
+    pub fn buffer_size(&self) -> usize {
+        self.size
+    }
+
+    /// Buffers out: held by chunks that are still referenced, or being filled.
+    pub fn outstanding(&self) -> usize {
+        self.out.load(Ordering::Acquire)
+    }
+
+    /// Waits until fewer than `limit` buffers are out. The caller must not hold chunks it
+    /// waits for: only buffers held elsewhere (batches on their way to the sinks) come back.
+    pub async fn wait_below(&self, limit: usize) {
+        loop {
+            let returned = self.returned.notified();
+            if self.outstanding() < limit {
+                return;
+            }
+            returned.await;
         }
     }
 
-    /// Reads once from `r` into the buffer, with a single `read()` call of at most
-    /// `read_size` bytes.
+    /// Frees the buffers kept for reuse (a quiet file needs none).
+    pub fn shrink(&self) {
+        self.lock_free().clear();
+    }
+
+    /// Buffers kept for reuse.
+    pub fn free_buffers(&self) -> usize {
+        self.lock_free().len()
+    }
+
+    /// A buffer of `size` initialised bytes: a returned one, or a new zeroed one (`calloc`,
+    /// whose fresh pages cost nothing until written).
+    pub(crate) fn take(&self) -> Vec<u8> {
+        self.out.fetch_add(1, Ordering::AcqRel);
+        self.lock_free()
+            .pop()
+            .unwrap_or_else(|| vec![0; self.size])
+    }
+
+    /// Takes back a buffer from [`take`](Self::take).
+    pub(crate) fn put(&self, buf: Vec<u8>) {
+        if buf.len() == self.size {
+            self.lock_free().push(buf);
+        }
+        self.out.fetch_sub(1, Ordering::AcqRel);
+        self.returned.notify_one();
+    }
+
+    fn lock_free(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
+        // A panic while holding this lock leaves a plain Vec of buffers: still valid.
+        self.free.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The owner of a pooled buffer inside a [`Bytes`]: gives the buffer back on drop.
+struct Pooled {
+    /// The whole buffer.
+    buf: Vec<u8>,
+    /// How much of it the chunk shows.
+    len: usize,
+    /// Where it goes back.
+    pool: Arc<BufferPool>,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        self.pool.put(std::mem::take(&mut self.buf));
+    }
+}
+
+/// A buffer being filled: from the pool or of its own size.
+struct Fill {
+    buf: Vec<u8>,
+    pooled: bool,
+}
+
+/// Splits the bytes of one file into [`Frame`]s, across reads of any size.
+///
+/// Call [`read_from`](Self::read_from), then [`next_frame`](Self::next_frame) until it returns
+/// `None`, and repeat. Reading again without draining the frames first copies the frames not
+/// yet returned into the next buffer.
+#[derive(Debug)]
+pub struct LineFramer {
+    /// The last buffer read, frozen: `chunk[pos..lines_end]` are complete lines not yet
+    /// returned, `chunk[lines_end..]` the start of a line whose `'\n'` is not read yet.
+    chunk: Bytes,
+    /// Start of the next frame in `chunk`.
+    pos: usize,
+    /// End of the complete lines in `chunk`: just after its last `'\n'` (or `pos`).
+    lines_end: usize,
+    /// File offset of `chunk[pos]`: the offset after the last frame returned.
+    offset: u64,
+    /// Most bytes one read asks for.
+    read_size: usize,
+    /// Longest frame returned; longer lines come out in pieces of this size.
+    max_line_bytes: usize,
+    /// Where full-size read buffers come from.
+    pool: Arc<BufferPool>,
+}
+
+impl LineFramer {
+    /// A framer for a file whose next byte to read is at `start_offset`, with a pool of its
+    /// own.
+    ///
+    /// `read_size` is raised to at least 1 and `max_line_bytes` kept between 1 and
+    /// [`MAX_CHUNK_BYTES`] minus `read_size`.
+    pub fn new(start_offset: u64, read_size: usize, max_line_bytes: usize) -> Self {
+        Self::with_pool(start_offset, BufferPool::new(read_size), max_line_bytes)
+    }
+
+    /// Like [`new`](Self::new), reading `pool.buffer_size()` bytes at most per read, with
+    /// buffers from `pool` (shared by the framers of one source, so a rotation keeps the warm
+    /// buffers).
+    pub fn with_pool(start_offset: u64, pool: Arc<BufferPool>, max_line_bytes: usize) -> Self {
+        let read_size = pool.buffer_size().min(MAX_CHUNK_BYTES / 2);
+        Self {
+            chunk: Bytes::new(),
+            pos: 0,
+            lines_end: 0,
+            offset: start_offset,
+            read_size,
+            max_line_bytes: max_line_bytes.clamp(1, MAX_CHUNK_BYTES - read_size),
+            pool,
+        }
+    }
+
+    /// Reads once from `r`, with a single `read()` call of at most `read_size` bytes.
     ///
     /// Returns the number of bytes read; 0 means end of file (for now: a tailed file may grow).
     ///
     /// # Errors
     /// Whatever `r.read()` returns, including `Interrupted`, which the caller may retry.
     pub fn read_from(&mut self, r: &mut impl Read) -> std::io::Result<usize> {
-        self.make_room();
-        let len = self.buf.len();
-        let want = (self.buf.capacity() - len).min(self.read_size);
-        let spare = &mut self.buf.spare_capacity_mut()[..want];
-        // SAFETY: `MaybeUninit<u8>` has the layout of `u8`, and every byte of the allocation
-        // behind `self.buf` is initialised (see the invariant on the field), so viewing the
-        // spare capacity as `&mut [u8]` reads no uninitialised memory, whatever `r` does.
-        let dst = unsafe { &mut *(spare as *mut [std::mem::MaybeUninit<u8>] as *mut [u8]) };
-        let n = r.read(dst)?;
+        self.read_at_most(r, usize::MAX)
+    }
+
+    /// Like [`read_from`](Self::read_from), but sizes the buffer for `expected` bytes (what
+    /// `fstat` says is left to read), so a quiet file does not take a full-size buffer for a
+    /// few lines. More may arrive meanwhile; the next read gets it.
+    ///
+    /// # Errors
+    /// Whatever `r.read()` returns.
+    pub fn read_at_most(&mut self, r: &mut impl Read, expected: usize) -> std::io::Result<usize> {
+        let carried = self.chunk.len() - self.pos;
+        if carried == 0 {
+            // Nothing to carry over: let go of the old buffer before taking a new one.
+            self.chunk = Bytes::new();
+            self.pos = 0;
+            self.lines_end = 0;
+        }
+        let mut want = expected.clamp(MIN_READ.min(self.read_size), self.read_size);
+        // A read of about a full buffer takes a pooled one (the carried bytes are usually
+        // half a line, so the read shrinks by that much); a small read or a long carried
+        // line gets a buffer of its own size.
+        let size = self.pool.buffer_size();
+        let mut fill = if want * 2 >= self.read_size && carried * 2 <= size {
+            want = want.min(size - carried);
+            Fill {
+                buf: self.pool.take(),
+                pooled: true,
+            }
+        } else {
+            Fill {
+                buf: vec![0; carried + want],
+                pooled: false,
+            }
+        };
+        let result = r.read(&mut fill.buf[carried..carried + want]);
+        let n = match result {
+            Ok(n) if n > 0 => n,
+            other => {
+                self.give_back(fill);
+                return other;
+            }
+        };
         // A `Read` impl that claims more than it was given is broken; trusting it would expose
         // stale bytes as file content.
-        assert!(
-            n <= want,
-            "Read::read returned {n} for a buffer of {want} bytes"
-        );
-        // SAFETY: `n <= want <= capacity - len`, and those bytes are initialised (above).
-        unsafe { self.buf.set_len(len + n) };
+        assert!(n <= want, "Read::read returned {n} for a buffer of {want} bytes");
+        fill.buf[..carried].copy_from_slice(&self.chunk[self.pos..]);
+        let filled = carried + n;
+        // What was carried holds no '\n' after the old `lines_end`, so only the new bytes are
+        // searched.
+        let lines_end = match memchr::memrchr(b'\n', &fill.buf[carried..filled]) {
+            Some(at) => carried + at + 1,
+            None => self.lines_end - self.pos,
+        };
+        self.chunk = self.freeze(fill, filled);
+        self.pos = 0;
+        self.lines_end = lines_end;
         Ok(n)
     }
 
-    /// Ensures the buffer has spare capacity for a read, keeping the initialised-allocation
-    /// invariant of `buf`.
-    fn make_room(&mut self) {
-        let spare = self.buf.capacity() - self.buf.len();
-        if spare >= self.read_size {
-            return;
+    /// Returns an unused buffer to where it came from.
+    fn give_back(&self, fill: Fill) {
+        if fill.pooled {
+            self.pool.put(fill.buf);
         }
-        // When every frame of the current allocation has been dropped, `try_reclaim` moves the
-        // unframed tail to the front of the same (initialised) allocation without allocating.
-        // Half a read is worth it when the tail is longer than when the allocation was made.
-        let half = (self.read_size / 2).max(1);
-        if self.buf.try_reclaim(self.read_size) || self.buf.try_reclaim(half) {
-            return;
+    }
+
+    /// Makes a chunk of `fill.buf[..len]`; a pooled buffer goes back to the pool when the
+    /// chunk and every slice of it are dropped.
+    fn freeze(&self, fill: Fill, len: usize) -> Bytes {
+        if fill.pooled {
+            Bytes::from_owner(Pooled {
+                buf: fill.buf,
+                len,
+                pool: self.pool.clone(),
+            })
+        } else {
+            let mut buf = fill.buf;
+            buf.truncate(len);
+            Bytes::from(buf)
         }
-        // Records still hold slices of this allocation: keep filling its tail while a read of
-        // useful size fits (a tailer of a slowly growing file reads little at a time).
-        if spare >= self.read_size / 4 && spare > 0 {
-            return;
-        }
-        // `zeroed` gets its memory from `calloc`, which costs nothing extra for fresh pages.
-        let mut fresh = BytesMut::zeroed(self.buf.len() + self.read_size);
-        fresh.clear();
-        fresh.extend_from_slice(&self.buf);
-        self.buf = fresh;
     }
 
     /// The next complete line, or piece of an over-long line, if one is buffered.
@@ -153,66 +342,39 @@ impl LineFramer {
     /// more than `max_line_bytes` bytes: read more, or call
     /// [`take_partial`](Self::take_partial) if the file is finished for good.
     #[inline]
-    pub fn next_frame(&mut self) -> Option<Frame> {
-        if self.ready.is_empty() && !self.freeze_complete_lines() {
-            return self.cut_long_partial();
+    pub fn next_frame(&mut self) -> Option<Frame<'_>> {
+        let start = self.pos;
+        let lines = self.lines_end - start;
+        if lines == 0 {
+            // No complete line: only a line already longer than the limit comes out (a piece).
+            if self.chunk.len() - start <= self.max_line_bytes {
+                return None;
+            }
+            return Some(self.cut(self.max_line_bytes, 0, true));
         }
-        let start_offset = self.offset;
-        let limit = self.ready.len().min(self.max_line_bytes + 1);
-        match memchr::memchr(b'\n', &self.ready[..limit]) {
-            Some(pos) => {
-                let mut bytes = self.ready.split_to(pos + 1);
-                bytes.truncate(pos);
-                self.offset += pos as u64 + 1;
-                Some(Frame {
-                    bytes,
-                    start_offset,
-                    end_offset: self.offset,
-                    truncated: false,
-                })
-            }
-            None => {
-                // `ready` ends with '\n', so this line goes on past `max_line_bytes`.
-                let bytes = self.ready.split_to(self.max_line_bytes);
-                self.offset += self.max_line_bytes as u64;
-                Some(Frame {
-                    bytes,
-                    start_offset,
-                    end_offset: self.offset,
-                    truncated: true,
-                })
-            }
+        let limit = lines.min(self.max_line_bytes + 1);
+        match memchr::memchr(b'\n', &self.chunk[start..start + limit]) {
+            Some(len) => Some(self.cut(len, 1, false)),
+            // `chunk[..lines_end]` ends with '\n', so this line goes on past `max_line_bytes`.
+            None => Some(self.cut(self.max_line_bytes, 0, true)),
         }
     }
 
-    /// Moves every complete line of `buf` into `ready`. Returns false when `buf` holds none.
-    fn freeze_complete_lines(&mut self) -> bool {
-        let Some(last) = memchr::memrchr(b'\n', &self.buf[self.scanned..]) else {
-            self.scanned = self.buf.len();
-            return false;
-        };
-        self.ready = self.buf.split_to(self.scanned + last + 1).freeze();
-        // What is left follows the last '\n', so it has none.
-        self.scanned = self.buf.len();
-        true
-    }
-
-    /// Returns a `max_line_bytes` piece of the unterminated line in `buf` once it is known to
-    /// be longer than that (`max_line_bytes + 1` bytes and no `'\n'`).
-    fn cut_long_partial(&mut self) -> Option<Frame> {
-        if self.buf.len() <= self.max_line_bytes {
-            return None;
-        }
-        let bytes = self.buf.split_to(self.max_line_bytes).freeze();
-        self.scanned -= self.max_line_bytes;
+    /// Returns the next `len` bytes as a frame and skips `skip` more (the newline).
+    #[inline]
+    fn cut(&mut self, len: usize, skip: usize, truncated: bool) -> Frame<'_> {
+        let start = self.pos;
         let start_offset = self.offset;
-        self.offset += self.max_line_bytes as u64;
-        Some(Frame {
-            bytes,
+        self.pos += len + skip;
+        self.lines_end = self.lines_end.max(self.pos);
+        self.offset += (len + skip) as u64;
+        Frame {
+            chunk: &self.chunk,
+            bytes: &self.chunk[start..start + len],
             start_offset,
             end_offset: self.offset,
-            truncated: true,
-        })
+            truncated,
+        }
     }
 
     /// Like [`next_frame`](Self::next_frame), but once no complete line is left, returns the
@@ -221,30 +383,41 @@ impl LineFramer {
     /// Use it when the file is finished for good (its writer is gone and it was read to the
     /// end), so a last line without newline is delivered rather than held forever.
     /// `while let Some(frame) = framer.take_partial()` drains everything buffered.
-    pub fn take_partial(&mut self) -> Option<Frame> {
-        if let Some(frame) = self.next_frame() {
-            return Some(frame);
+    pub fn take_partial(&mut self) -> Option<Frame<'_>> {
+        let rest = self.chunk.len() - self.pos;
+        if self.lines_end > self.pos || rest > self.max_line_bytes {
+            return self.next_frame();
         }
-        if self.buf.is_empty() {
+        if rest == 0 {
             return None;
         }
-        // `next_frame` returned None, so `buf` holds at most `max_line_bytes` and no '\n'.
-        let bytes = self.buf.split().freeze();
-        self.scanned = 0;
-        let start_offset = self.offset;
-        self.offset += bytes.len() as u64;
-        Some(Frame {
-            bytes,
-            start_offset,
-            end_offset: self.offset,
-            truncated: false,
-        })
+        // `next_frame` would return None: at most `max_line_bytes` and no '\n' are left.
+        Some(self.cut(rest, 0, false))
+    }
+
+    /// Lets go of what a quiet file does not need: the pool's spare buffers, and a large
+    /// buffer held only for the few bytes of an unfinished line (they are copied to a buffer
+    /// of their own size).
+    pub fn release_idle_memory(&mut self) {
+        let rest = self.chunk.len() - self.pos;
+        if rest == 0 {
+            self.chunk = Bytes::new();
+            self.pos = 0;
+            self.lines_end = 0;
+        } else if rest * 4 < self.chunk.len() {
+            let lines = self.lines_end - self.pos;
+            self.chunk = Bytes::copy_from_slice(&self.chunk[self.pos..]);
+            self.pos = 0;
+            self.lines_end = lines;
+        }
+        // After the chunk: its buffer may just have come back.
+        self.pool.shrink();
     }
 
     /// Bytes read but not yet returned in a frame. After `next_frame` returned `None`, these
     /// are the bytes after the last complete line.
     pub fn pending_bytes(&self) -> usize {
-        self.ready.len() + self.buf.len()
+        self.chunk.len() - self.pos
     }
 
     /// File offset after the last frame returned: where reading would resume if everything
@@ -256,6 +429,48 @@ impl LineFramer {
     /// File offset after the last byte read: the offset of the next `read_from`.
     pub fn read_offset(&self) -> u64 {
         self.offset + self.pending_bytes() as u64
+    }
+}
+
+/// A frame that owns its bytes, for tests of the decoders.
+#[cfg(test)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct OwnedFrame {
+    /// The frame's bytes.
+    pub(crate) bytes: Bytes,
+    /// See [`Frame::start_offset`].
+    pub(crate) start_offset: u64,
+    /// See [`Frame::end_offset`].
+    pub(crate) end_offset: u64,
+    /// See [`Frame::truncated`].
+    pub(crate) truncated: bool,
+}
+
+#[cfg(test)]
+impl OwnedFrame {
+    /// A copy of `line`, a whole line (with newline) unless `truncated`.
+    pub(crate) fn new(line: &[u8], start_offset: u64, truncated: bool) -> Self {
+        Self {
+            bytes: Bytes::copy_from_slice(line),
+            start_offset,
+            end_offset: start_offset + line.len() as u64 + u64::from(!truncated),
+            truncated,
+        }
+    }
+
+    /// A copy of `frame`.
+    pub(crate) fn of(frame: &Frame<'_>) -> Self {
+        Self {
+            bytes: Bytes::copy_from_slice(frame.bytes),
+            start_offset: frame.start_offset,
+            end_offset: frame.end_offset,
+            truncated: frame.truncated,
+        }
+    }
+
+    /// The frame, borrowed.
+    pub(crate) fn frame(&self) -> Frame<'_> {
+        Frame::whole(&self.bytes, self.start_offset, self.end_offset, self.truncated)
     }
 }
 
@@ -294,7 +509,7 @@ mod tests {
         start: u64,
         read_size: usize,
         max: usize,
-    ) -> Vec<Frame> {
+    ) -> Vec<OwnedFrame> {
         let mut reader = ChunkedReader {
             data,
             chunks,
@@ -305,7 +520,7 @@ mod tests {
         loop {
             let n = framer.read_from(&mut reader).unwrap();
             while let Some(f) = framer.next_frame() {
-                frames.push(f);
+                frames.push(OwnedFrame::of(&f));
             }
             assert!(
                 framer.pending_bytes() <= max,
@@ -321,7 +536,7 @@ mod tests {
             }
         }
         while let Some(f) = framer.take_partial() {
-            frames.push(f);
+            frames.push(OwnedFrame::of(&f));
         }
         assert_eq!(framer.pending_bytes(), 0);
         assert_eq!(framer.offset_committed(), start + data.len() as u64);
@@ -329,7 +544,7 @@ mod tests {
     }
 
     /// The frames a correct framer returns, computed the obvious way.
-    fn model(data: &[u8], start: u64, max: usize) -> Vec<Frame> {
+    fn model(data: &[u8], start: u64, max: usize) -> Vec<OwnedFrame> {
         let mut frames = Vec::new();
         let mut offset = start;
         let mut rest = data;
@@ -341,7 +556,7 @@ mod tests {
             rest = &rest[line.len() + usize::from(has_newline)..];
             let mut line = line;
             while line.len() > max {
-                frames.push(Frame {
+                frames.push(OwnedFrame {
                     bytes: Bytes::copy_from_slice(&line[..max]),
                     start_offset: offset,
                     end_offset: offset + max as u64,
@@ -351,7 +566,7 @@ mod tests {
                 line = &line[max..];
             }
             let end = offset + line.len() as u64 + u64::from(has_newline);
-            frames.push(Frame {
+            frames.push(OwnedFrame {
                 bytes: Bytes::copy_from_slice(line),
                 start_offset: offset,
                 end_offset: end,
@@ -425,10 +640,10 @@ mod tests {
             },
         ];
         for case in cases {
-            let want: Vec<Frame> = case
+            let want: Vec<OwnedFrame> = case
                 .want
                 .iter()
-                .map(|&(b, s, e, t)| Frame {
+                .map(|&(b, s, e, t)| OwnedFrame {
                     bytes: Bytes::from_static(b),
                     start_offset: s + 100,
                     end_offset: e + 100,
@@ -446,39 +661,79 @@ mod tests {
     fn next_frame_waits_for_the_newline() {
         let mut framer = LineFramer::new(0, 16, 100);
         framer.read_from(&mut &b"abc"[..]).unwrap();
-        assert_eq!(framer.next_frame(), None);
+        assert!(framer.next_frame().is_none());
         assert_eq!(framer.pending_bytes(), 3);
         framer.read_from(&mut &b"d\nef"[..]).unwrap();
         let frame = framer.next_frame().unwrap();
         assert_eq!(&frame.bytes[..], b"abcd");
         assert_eq!((frame.start_offset, frame.end_offset), (0, 5));
-        assert_eq!(framer.next_frame(), None);
+        assert!(framer.next_frame().is_none());
         assert_eq!(framer.offset_committed(), 5);
         assert_eq!(framer.pending_bytes(), 2);
         assert_eq!(framer.read_offset(), 7);
     }
 
     #[test]
-    fn buffer_is_reused_when_frames_are_dropped_and_not_when_held() {
+    fn pooled_buffers_come_back_when_chunks_are_dropped() {
         let line = b"0123456789abcde\n";
         let data = line.repeat(64);
         let mut reader = &data[..];
-        let mut framer = LineFramer::new(0, 64, 100);
+        let pool = BufferPool::new(64);
+        let mut framer = LineFramer::with_pool(0, pool.clone(), 100);
         framer.read_from(&mut reader).unwrap();
-        let first = framer.next_frame().unwrap();
-        let base = first.bytes.as_ptr();
-        drop(first);
+        let held = framer.next_frame().unwrap().chunk.clone();
         while framer.next_frame().is_some() {}
-        framer.read_from(&mut reader).unwrap();
-        let second = framer.next_frame().unwrap();
-        assert_eq!(second.bytes.as_ptr(), base, "allocation reclaimed");
-        // While `second` is alive, the next reads must not overwrite it.
-        while framer.next_frame().is_some() {}
+        assert_eq!(pool.outstanding(), 1);
+        // While `held` is alive, later reads must not overwrite it.
         for _ in 0..4 {
             framer.read_from(&mut reader).unwrap();
             while framer.next_frame().is_some() {}
         }
-        assert_eq!(&second.bytes[..], &line[..15]);
+        assert_eq!(&held[..16], line);
+        assert_eq!(pool.outstanding(), 2, "the held chunk and the framer's current one");
+        drop(held);
+        assert_eq!(pool.outstanding(), 1);
+        let free = pool.free_buffers();
+        assert!(free >= 1);
+        // The framer lets go of its drained chunk before it takes a buffer: the same one.
+        framer.read_from(&mut reader).unwrap();
+        assert_eq!(pool.outstanding(), 1);
+        assert_eq!(pool.free_buffers(), free, "a returned buffer is reused");
+        framer.release_idle_memory();
+        assert_eq!(pool.free_buffers(), 0);
+    }
+
+    #[test]
+    fn small_reads_do_not_take_pooled_buffers() {
+        let pool = BufferPool::new(1 << 20);
+        let mut framer = LineFramer::with_pool(0, pool.clone(), 100);
+        let n = framer.read_at_most(&mut &b"a\nb"[..], 3).unwrap();
+        assert_eq!(n, 3);
+        assert_eq!(pool.outstanding(), 0);
+        assert_eq!(framer.next_frame().unwrap().bytes, b"a");
+        assert!(framer.next_frame().is_none());
+        framer.release_idle_memory();
+        assert_eq!(framer.take_partial().unwrap().bytes, b"b");
+        assert_eq!(framer.read_offset(), 3);
+    }
+
+    #[tokio::test]
+    async fn wait_below_returns_when_buffers_come_back() {
+        let pool = BufferPool::new(16);
+        let mut framer = LineFramer::with_pool(0, pool.clone(), 100);
+        framer.read_from(&mut &b"x\n"[..]).unwrap();
+        let held = framer.next_frame().unwrap().chunk.clone();
+        framer.release_idle_memory();
+        assert_eq!(pool.outstanding(), 1);
+        let waiter = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.wait_below(1).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        drop(held);
+        waiter.await.unwrap();
+        pool.wait_below(1).await;
     }
 
     proptest! {

@@ -7,7 +7,7 @@ pub mod record;
 pub mod rotation_guard;
 pub mod tailer;
 
-pub use record::{LogRecord, StdStream};
+pub use record::{LogRecord, LogRecords, StdStream};
 
 #[cfg(test)]
 mod tailer_tests;

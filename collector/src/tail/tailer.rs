@@ -17,6 +17,14 @@
 //!
 //! The checkpoint sent with a batch never passes the start of a partial line held in the
 //! decoder, so a crash re-reads rather than loses it.
+//!
+//! # Memory
+//! A tailer reserves its place in the sinks' channel *before* a read pass, so a tailer that
+//! waits for the sinks holds no records: with a thousand sources, only the batches that fit
+//! in the channel exist at once. The read buffers of one source (and the arenas its records
+//! decode escapes into) come from its own [`BufferPool`], and a pass starts only while fewer
+//! than [`MAX_BUFFERS_IN_FLIGHT`] of them are out in batches, which bounds what one fast file holds in memory when the sinks are
+//! slower than reading. A file that goes quiet gives back its spare buffers.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -33,8 +41,8 @@ use tracing::{debug, info, warn};
 
 use super::fingerprint::Fingerprint;
 use super::format::{Decoder, LogFormat};
-use super::framing::LineFramer;
-use super::record::LogRecord;
+use super::framing::{BufferPool, LineFramer};
+use super::record::LogRecords;
 use crate::batch::{Batch, SourceInfo};
 use crate::config::{ReadFrom, TailConfig};
 use crate::identify::ContainerIdentity;
@@ -43,6 +51,11 @@ use crate::state::{Checkpoint, CheckpointUpdate, SourceCounters, Store};
 
 /// Records per batch at most: bounds the memory of one batch independently of line size.
 const MAX_BATCH_RECORDS: usize = 8192;
+
+/// Read buffers of one source out in batches at most before the next pass waits: 4 MiB at
+/// the default read size, about four batches, which keeps reading and delivering overlapped
+/// while bounding what one fast file holds when the sinks are slower.
+pub const MAX_BUFFERS_IN_FLIGHT: usize = 16;
 
 /// Highest rotated suffix looked at (`path.1` .. `path.N`).
 const MAX_ROTATED_SIBLINGS: u32 = 64;
@@ -92,6 +105,8 @@ pub struct Tailer {
     spec: SourceSpec,
     settings: TailConfig,
     tx: mpsc::Sender<Batch>,
+    /// Read buffers of every file of the source.
+    pool: Arc<BufferPool>,
     current: Option<OpenFile>,
     queue: VecDeque<OpenFile>,
     /// Files finished, by fingerprint: a rotated file still on disk must not be read again,
@@ -114,10 +129,12 @@ impl Tailer {
     pub fn new(spec: SourceSpec, settings: TailConfig, store: Store, tx: mpsc::Sender<Batch>) -> Result<Self, crate::state::StateError> {
         let checkpoints = store.checkpoints(&spec.info.key)?;
         let decoder = Decoder::new(spec.format, settings.max_line_bytes);
+        let pool = BufferPool::new(settings.read_bytes);
         let mut t = Self {
             spec,
             settings,
             tx,
+            pool,
             current: None,
             queue: VecDeque::new(),
             completed: VecDeque::new(),
@@ -190,7 +207,7 @@ impl Tailer {
                     warn!(path = %path.display(), error = %e, "Cannot seek to checkpoint; skipping file.");
                     return;
                 }
-                let framer = LineFramer::new(offset, self.settings.read_bytes, self.spec.format.max_frame_bytes(self.settings.max_line_bytes));
+                let framer = LineFramer::with_pool(offset, self.pool.clone(), self.spec.format.max_frame_bytes(self.settings.max_line_bytes));
                 self.queue.push_back(OpenFile { file, path, fp, framer });
             }
             Err(e) => debug!(path = %path.display(), error = %e, "File vanished before it could be read."),
@@ -262,7 +279,7 @@ impl Tailer {
     pub async fn run(mut self, shutdown: CancellationToken) -> TailOutcome {
         let mut idle = Duration::from_millis(5);
         let mut quiet_since: Option<Instant> = None;
-        let mut records: Vec<LogRecord> = Vec::new();
+        let mut records = LogRecords::with_pool(256, self.pool.clone());
         loop {
             if shutdown.is_cancelled() {
                 return TailOutcome::Cancelled;
@@ -274,7 +291,7 @@ impl Tailer {
             // Before each pass: a file truncated (and maybe rewritten) since the last pass
             // is read again from 0, even when a rotation is also waiting.
             self.check_truncation();
-            let Some(cur) = self.current.as_mut() else {
+            if self.current.is_none() {
                 if !*self.spec.running.borrow() && quiet_since.is_some_and(|t| t.elapsed() >= self.settings.exit_settle) {
                     return TailOutcome::Finished;
                 }
@@ -283,12 +300,21 @@ impl Tailer {
                     return TailOutcome::Cancelled;
                 }
                 continue;
+            }
+            let permit = match self.make_room(&shutdown).await {
+                Ok(permit) => permit,
+                Err(outcome) => return outcome,
             };
+            let Some(cur) = self.current.as_mut() else { continue };
             let newer_file_waiting = !self.queue.is_empty();
             let read = read_pass(cur, &mut self.decoder, &mut records, &mut self.counters, &self.settings, &self.spec.info.key);
             let at_eof = read.eof;
+            if read.bytes == 0 && at_eof && quiet_since.is_none() {
+                // Going quiet: a file that gets a line now and then needs no spare buffers.
+                cur.framer.release_idle_memory();
+            }
             if (!records.is_empty() || self.offset_moved())
-                && let Some(outcome) = self.send(&mut records, false, &shutdown).await
+                && let Some(outcome) = self.send(&mut records, false, Some(permit), &shutdown).await
             {
                 return outcome;
             }
@@ -303,7 +329,7 @@ impl Tailer {
             }
             if newer_file_waiting {
                 self.finish_current_file(&mut records);
-                if let Some(outcome) = self.send(&mut records, false, &shutdown).await {
+                if let Some(outcome) = self.send(&mut records, false, None, &shutdown).await {
                     return outcome;
                 }
                 continue;
@@ -314,7 +340,7 @@ impl Tailer {
                 self.pick_up_new_files();
                 if self.queue.is_empty() {
                     self.finish_current_file(&mut records);
-                    return match self.send(&mut records, true, &shutdown).await {
+                    return match self.send(&mut records, true, None, &shutdown).await {
                         Some(outcome) => outcome,
                         None => TailOutcome::Finished,
                     };
@@ -328,6 +354,42 @@ impl Tailer {
         }
     }
 
+    /// Waits until this source may read a pass: fewer than [`MAX_BUFFERS_IN_FLIGHT`] of its
+    /// buffers out, and a place in the sinks' channel for the batch the pass will cut.
+    async fn make_room(&mut self, shutdown: &CancellationToken) -> Result<mpsc::OwnedPermit<Batch>, TailOutcome> {
+        if self.pool.outstanding() >= MAX_BUFFERS_IN_FLIGHT {
+            let pool = self.pool.clone();
+            let mut rescan = rescan_interval().await;
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = pool.wait_below(MAX_BUFFERS_IN_FLIGHT) => break,
+                    _ = shutdown.cancelled() => return Err(TailOutcome::Cancelled),
+                    _ = rescan.tick() => self.pick_up_new_files(),
+                }
+            }
+        }
+        self.reserve(shutdown).await
+    }
+
+    /// A place in the sinks' channel. While the sinks hold us back, keeps opening rotated
+    /// files so they cannot be deleted from under us.
+    async fn reserve(&mut self, shutdown: &CancellationToken) -> Result<mpsc::OwnedPermit<Batch>, TailOutcome> {
+        // Most of the time there is room: no timer, no wait.
+        if let Ok(permit) = self.tx.clone().try_reserve_owned() {
+            return Ok(permit);
+        }
+        let mut rescan = rescan_interval().await;
+        loop {
+            tokio::select! {
+                biased;
+                permit = self.tx.clone().reserve_owned() => return permit.map_err(|_| TailOutcome::SinkClosed),
+                _ = shutdown.cancelled() => return Err(TailOutcome::Cancelled),
+                _ = rescan.tick() => self.pick_up_new_files(),
+            }
+        }
+    }
+
     /// Sleeps, or returns true when shutdown is requested; a container exit also wakes it.
     async fn sleep(&mut self, shutdown: &CancellationToken, d: Duration) -> bool {
         tokio::select! {
@@ -338,7 +400,7 @@ impl Tailer {
     }
 
     /// The current file will grow no more: emit what the decoder and framer hold and move on.
-    fn finish_current_file(&mut self, records: &mut Vec<LogRecord>) {
+    fn finish_current_file(&mut self, records: &mut LogRecords) {
         let Some(mut cur) = self.current.take() else { return };
         debug!(source = %self.spec.info.key, ino = cur.fp.ino, offset = cur.framer.read_offset(), "Log file read to its end.");
         let now = now_rfc3339();
@@ -398,8 +460,15 @@ impl Tailer {
         }
     }
 
-    /// Sends the records with the checkpoint they complete. `None` to go on.
-    async fn send(&mut self, records: &mut Vec<LogRecord>, last: bool, shutdown: &CancellationToken) -> Option<TailOutcome> {
+    /// Sends the records with the checkpoint they complete, into the place `permit` reserved
+    /// if there is one. `None` to go on.
+    async fn send(
+        &mut self,
+        records: &mut LogRecords,
+        last: bool,
+        permit: Option<mpsc::OwnedPermit<Batch>>,
+        shutdown: &CancellationToken,
+    ) -> Option<TailOutcome> {
         let Some((fp, path, offset)) = self.ack_position() else {
             records.clear();
             return None;
@@ -420,7 +489,7 @@ impl Tailer {
         let batch = Batch {
             source: self.spec.info.clone(),
             identity: self.spec.identity.borrow().clone(),
-            records: std::mem::replace(records, Vec::with_capacity(256)),
+            records: std::mem::replace(records, LogRecords::with_pool(256, self.pool.clone())),
             ack: CheckpointUpdate {
                 source: self.spec.info.key.clone(),
                 container_id: self.spec.info.container_id.to_string(),
@@ -430,25 +499,15 @@ impl Tailer {
             last,
         };
         self.last_sent_offset = Some((fp, offset));
-        // While the sinks hold us back, keep opening rotated files so they cannot be deleted
-        // from under us.
-        let tx = self.tx.clone();
-        let mut rescan = tokio::time::interval(Duration::from_millis(20));
-        rescan.tick().await;
-        loop {
-            tokio::select! {
-                biased;
-                permit = tx.reserve() => match permit {
-                    Ok(permit) => {
-                        permit.send(batch);
-                        return None;
-                    }
-                    Err(_) => return Some(TailOutcome::SinkClosed),
-                },
-                _ = shutdown.cancelled() => return Some(TailOutcome::Cancelled),
-                _ = rescan.tick() => self.pick_up_new_files(),
-            }
-        }
+        let permit = match permit {
+            Some(permit) => permit,
+            None => match self.reserve(shutdown).await {
+                Ok(permit) => permit,
+                Err(outcome) => return Some(outcome),
+            },
+        };
+        permit.send(batch);
+        None
     }
 }
 
@@ -461,7 +520,7 @@ struct ReadPass {
 fn read_pass(
     cur: &mut OpenFile,
     decoder: &mut Decoder,
-    records: &mut Vec<LogRecord>,
+    records: &mut LogRecords,
     counters: &mut SourceCounters,
     settings: &TailConfig,
     key: &str,
@@ -469,8 +528,11 @@ fn read_pass(
     let now = now_rfc3339();
     let budget = settings.read_bytes * 4;
     let mut total = 0;
+    // What fstat says is left sizes the reads: a quiet file gets small buffers.
+    let size = cur.file.metadata().map_or(u64::MAX, |m| m.len());
     loop {
-        let n = match cur.framer.read_from(&mut cur.file) {
+        let expected = usize::try_from(size.saturating_sub(cur.framer.read_offset())).unwrap_or(usize::MAX);
+        let n = match cur.framer.read_at_most(&mut cur.file, expected) {
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => {
@@ -492,6 +554,14 @@ fn read_pass(
             return ReadPass { bytes: total, eof: false };
         }
     }
+}
+
+/// The timer that paces name scans for rotated files while a tailer waits for the sinks;
+/// its first tick is taken, so the first scan comes after a period.
+async fn rescan_interval() -> tokio::time::Interval {
+    let mut rescan = tokio::time::interval(Duration::from_millis(20));
+    rescan.tick().await;
+    rescan
 }
 
 /// Re-hashes the head while the file was shorter than [`HEAD_BYTES`] when first seen, so a

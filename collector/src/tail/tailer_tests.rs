@@ -90,7 +90,7 @@ impl Harness {
 async fn consume(mut rx: mpsc::Receiver<Batch>, store: Store, delivered: Arc<std::sync::Mutex<Vec<String>>>) {
     while let Some(b) = rx.recv().await {
         let mut d = delivered.lock().unwrap();
-        for r in &b.records {
+        for r in b.records.iter() {
             d.push(String::from_utf8(r.message.to_vec()).unwrap());
         }
         drop(d);

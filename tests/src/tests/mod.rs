@@ -10,6 +10,7 @@ mod harness;
 
 mod corrupt_input;
 mod docker_unreachable;
+mod ebpf;
 mod ecs_identity;
 mod kill_restart;
 mod long_line;

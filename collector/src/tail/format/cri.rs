@@ -17,11 +17,9 @@
 //! first carries the header, so we remember it and append the following frames as message
 //! bytes.
 
-use bytes::{Buf, Bytes};
-
 use super::Joiner;
 use crate::tail::framing::Frame;
-use crate::tail::record::{LogRecord, StdStream};
+use crate::tail::record::{LogRecords, StdStream};
 
 /// Room for the header before the message: an RFC 3339 time with nanoseconds and offset is
 /// 35 bytes, ` stdout ` 8, the tags a few.
@@ -50,7 +48,7 @@ struct LongLine {
     /// Stream of the line.
     stream: StdStream,
     /// Time of the line.
-    time: Bytes,
+    time: Vec<u8>,
     /// True when its tag was `P`: the line goes on in the next physical line.
     partial: bool,
     /// File offset of the first frame: the continuation frames have no header, so a reader
@@ -87,7 +85,7 @@ impl CriDecoder {
     ///
     /// # Errors
     /// The line has no valid header; nothing is pushed and held partial lines are kept.
-    pub fn decode(&mut self, frame: Frame, out: &mut Vec<LogRecord>) -> Result<(), CriError> {
+    pub fn decode(&mut self, frame: Frame<'_>, out: &mut LogRecords) -> Result<(), CriError> {
         if let Some(long) = &self.long_line {
             let last_frame = !frame.truncated;
             let joiner = match long.stream {
@@ -95,37 +93,33 @@ impl CriDecoder {
                 StdStream::Stderr => &mut self.stderr,
             };
             let ends_line = last_frame && !long.partial;
-            joiner.push(&frame.bytes, &long.time, frame.start_offset, ends_line, out);
+            joiner.push(frame.bytes, &long.time, frame.start_offset, ends_line, out);
             if last_frame {
                 self.long_line = None;
             }
             return Ok(());
         }
-        let header = parse_header(&frame.bytes)?;
-        let time = frame.bytes.slice(header.time);
-        let mut message = frame.bytes;
-        message.advance(header.message_start);
+        let header = parse_header(frame.bytes)?;
+        let time = &frame.bytes[header.time];
+        let message = &frame.bytes[header.message_start..];
         let joiner = match header.stream {
             StdStream::Stdout => &mut self.stdout,
             StdStream::Stderr => &mut self.stderr,
         };
         if frame.truncated {
-            joiner.push(&message, &time, frame.start_offset, false, out);
+            joiner.push(message, time, frame.start_offset, false, out);
             self.long_line = Some(LongLine {
                 stream: header.stream,
-                time,
+                time: time.to_vec(),
                 partial: header.partial,
                 start_offset: frame.start_offset,
             });
         } else if !header.partial && !joiner.is_holding() && message.len() <= self.max_line_bytes {
-            out.push(LogRecord {
-                time,
-                stream: Some(header.stream),
-                message,
-                split: false,
-            });
+            let time = out.shared(frame.chunk, time);
+            let message = out.shared(frame.chunk, message);
+            out.push(time, message, Some(header.stream), false);
         } else {
-            joiner.push(&message, &time, frame.start_offset, !header.partial, out);
+            joiner.push(message, time, frame.start_offset, !header.partial, out);
         }
         Ok(())
     }
@@ -144,7 +138,7 @@ impl CriDecoder {
     }
 
     /// Emits the partial lines held, oldest first.
-    pub fn flush_pending(&mut self, out: &mut Vec<LogRecord>) {
+    pub fn flush_pending(&mut self, out: &mut LogRecords) {
         self.long_line = None;
         let stderr_first = match (self.stdout.start_offset(), self.stderr.start_offset()) {
             (Some(a), Some(b)) => b < a,
@@ -209,21 +203,19 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::tail::LogRecord;
+    use crate::tail::format::collect;
+    use crate::tail::framing::OwnedFrame;
 
-    fn frame(line: &str, start_offset: u64, truncated: bool) -> Frame {
-        Frame {
-            bytes: Bytes::copy_from_slice(line.as_bytes()),
-            start_offset,
-            end_offset: start_offset + line.len() as u64 + u64::from(!truncated),
-            truncated,
-        }
+    fn frame(line: &str, start_offset: u64, truncated: bool) -> OwnedFrame {
+        OwnedFrame::new(line.as_bytes(), start_offset, truncated)
     }
 
-    fn record(stream: StdStream, time: &str, message: &str, split: bool) -> LogRecord {
+    fn record<'a>(stream: StdStream, time: &'a str, message: &'a str, split: bool) -> LogRecord<'a> {
         LogRecord {
-            time: Bytes::copy_from_slice(time.as_bytes()),
+            time: time.as_bytes(),
             stream: Some(stream),
-            message: Bytes::copy_from_slice(message.as_bytes()),
+            message: message.as_bytes(),
             split,
         }
     }
@@ -235,7 +227,7 @@ mod tests {
             name: &'static str,
             lines: &'static [&'static str],
             max: usize,
-            want: Vec<LogRecord>,
+            want: Vec<LogRecord<'static>>,
             pending: Option<u64>,
         }
         let t = "2016-10-06T00:17:09.669794202Z";
@@ -314,15 +306,15 @@ mod tests {
         ];
         for case in cases {
             let mut decoder = CriDecoder::new(case.max);
-            let mut out = Vec::new();
+            let mut out = LogRecords::new();
             let mut offset = 0;
             for line in case.lines {
                 decoder
-                    .decode(frame(line, offset, false), &mut out)
+                    .decode(frame(line, offset, false).frame(), &mut out)
                     .unwrap();
                 offset += line.len() as u64 + 1;
             }
-            assert_eq!(out, case.want, "{}", case.name);
+            assert_eq!(collect(&out), case.want, "{}", case.name);
             assert_eq!(decoder.pending_start(), case.pending, "{}", case.name);
         }
     }
@@ -340,26 +332,26 @@ mod tests {
         ];
         for &(line, want) in cases {
             let mut decoder = CriDecoder::new(100);
-            let mut out = Vec::new();
+            let mut out = LogRecords::new();
             decoder
-                .decode(frame("t0 stdout P held ", 0, false), &mut out)
+                .decode(frame("t0 stdout P held ", 0, false).frame(), &mut out)
                 .unwrap();
             let err = decoder
-                .decode(frame(line, 20, false), &mut out)
+                .decode(frame(line, 20, false).frame(), &mut out)
                 .unwrap_err();
             assert_eq!(format!("{err:?}"), want, "{line:?}");
             assert_eq!(decoder.pending_start(), Some(0));
             decoder
-                .decode(frame("t1 stdout F end", 40, false), &mut out)
+                .decode(frame("t1 stdout F end", 40, false).frame(), &mut out)
                 .unwrap();
-            assert_eq!(out, [record(StdStream::Stdout, "t0", "held end", false)]);
+            assert_eq!(collect(&out), [record(StdStream::Stdout, "t0", "held end", false)]);
         }
     }
 
     #[test]
     fn continues_lines_over_the_frame_limit() {
         let mut decoder = CriDecoder::new(100);
-        let mut out = Vec::new();
+        let mut out = LogRecords::new();
         let frames = [
             frame("t stderr P abc", 0, true),
             frame("def", 14, true),
@@ -368,38 +360,38 @@ mod tests {
         ];
         let mut pending = Vec::new();
         for f in frames {
-            decoder.decode(f, &mut out).unwrap();
+            decoder.decode(f.frame(), &mut out).unwrap();
             pending.push(decoder.pending_start());
         }
         assert_eq!(pending, [Some(0), Some(0), Some(0), None]);
-        assert_eq!(out, [record(StdStream::Stderr, "t", "abcdefgh end", false)]);
+        assert_eq!(collect(&out), [record(StdStream::Stderr, "t", "abcdefgh end", false)]);
 
         // A full line over the limit ends with its last frame; the header is not re-read.
         let frames = [frame("t stdout F ab", 0, true), frame("c", 13, false)];
         for f in frames {
-            decoder.decode(f, &mut out).unwrap();
+            decoder.decode(f.frame(), &mut out).unwrap();
         }
-        assert_eq!(out[1], record(StdStream::Stdout, "t", "abc", false));
+        assert_eq!(out.get(1).unwrap(), record(StdStream::Stdout, "t", "abc", false));
         assert_eq!(decoder.pending_start(), None);
     }
 
     #[test]
     fn flush_pending_emits_oldest_first() {
         let mut decoder = CriDecoder::new(100);
-        let mut out = Vec::new();
+        let mut out = LogRecords::new();
         decoder
-            .decode(frame("t1 stderr P a", 0, false), &mut out)
+            .decode(frame("t1 stderr P a", 0, false).frame(), &mut out)
             .unwrap();
         decoder
-            .decode(frame("t2 stdout P b", 14, false), &mut out)
+            .decode(frame("t2 stdout P b", 14, false).frame(), &mut out)
             .unwrap();
         decoder
-            .decode(frame("t3 stdout F c", 28, true), &mut out)
+            .decode(frame("t3 stdout F c", 28, true).frame(), &mut out)
             .unwrap();
         assert_eq!(decoder.pending_start(), Some(0));
         decoder.flush_pending(&mut out);
         assert_eq!(
-            out,
+            collect(&out),
             [
                 record(StdStream::Stderr, "t1", "a", false),
                 record(StdStream::Stdout, "t2", "bc", false),
@@ -407,9 +399,9 @@ mod tests {
         );
         assert_eq!(decoder.pending_start(), None);
         decoder
-            .decode(frame("t4 stdout F d", 42, false), &mut out)
+            .decode(frame("t4 stdout F d", 42, false).frame(), &mut out)
             .unwrap();
-        assert_eq!(out[2], record(StdStream::Stdout, "t4", "d", false));
+        assert_eq!(out.get(2).unwrap(), record(StdStream::Stdout, "t4", "d", false));
     }
 
     proptest! {
@@ -420,7 +412,7 @@ mod tests {
             max in 1usize..40,
         ) {
             let mut decoder = CriDecoder::new(max);
-            let mut out = Vec::new();
+            let mut out = LogRecords::new();
             let mut offset = 0;
             for (text, piece) in &lines {
                 let chunks: Vec<&[u8]> = text.as_bytes().chunks(*piece).collect();
@@ -429,16 +421,16 @@ mod tests {
                     let tag = if i + 1 == n { "F" } else { "P" };
                     let chunk = chunks.get(i).copied().unwrap_or(b"");
                     let line = format!("t stdout {tag} {}", std::str::from_utf8(chunk).unwrap());
-                    decoder.decode(frame(&line, offset, false), &mut out).unwrap();
+                    decoder.decode(frame(&line, offset, false).frame(), &mut out).unwrap();
                     offset += line.len() as u64 + 1;
                 }
             }
             prop_assert_eq!(decoder.pending_start(), None);
             let mut got = Vec::new();
             let mut line = Vec::new();
-            for r in &out {
+            for r in out.iter() {
                 prop_assert!(r.message.len() <= max);
-                line.extend_from_slice(&r.message);
+                line.extend_from_slice(r.message);
                 if !r.split {
                     got.push(String::from_utf8(std::mem::take(&mut line)).unwrap());
                 }

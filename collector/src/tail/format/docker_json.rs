@@ -23,26 +23,22 @@
 //! [`DockerJsonDecoder::flush_pending`].
 //!
 //! The common line (no escape but the final `\n`) is decoded without copying: the message and
-//! time are slices of the frame. A line with escapes is unescaped into a scratch buffer shared
-//! by many lines. Any other shape (fields reordered, whitespace, extra fields) goes through
-//! `serde_json`.
+//! time are ranges of the read buffer. A line with escapes is unescaped straight into the
+//! records' arena (shared by many lines). Any other shape (fields reordered, whitespace, extra
+//! fields) goes through `serde_json`.
 
 use std::borrow::Cow;
 use std::ops::Range;
 
-use bytes::{Buf, Bytes, BytesMut};
 use serde::Deserialize;
 
-use super::{Joiner, reserve_scratch};
+use super::{Joiner, clamp_max_line_bytes};
 use crate::tail::framing::Frame;
-use crate::tail::record::{LogRecord, StdStream};
+use crate::tail::record::{LogRecords, Span, StdStream};
 
 /// The smallest frame limit for json-file: a 16 KiB piece of control bytes escaped as
 /// `\u00XX` takes 96 KiB, and `attrs` (labels, env) can add many more.
 pub const MIN_FRAME_BYTES: usize = 256 * 1024;
-
-/// Unescaped messages share scratch allocations of at least this size.
-const SCRATCH_CHUNK: usize = 64 * 1024;
 
 /// What every line written by moby starts with.
 const LOG_PREFIX: &[u8] = br#"{"log":""#;
@@ -87,8 +83,9 @@ pub struct DockerJsonDecoder {
     stdout: Joiner,
     /// Partial line of stderr.
     stderr: Joiner,
-    /// Where escaped messages are decoded. Empty between calls.
-    scratch: BytesMut,
+    /// A decoded piece on its way to a joiner (rare: partial lines with escapes). Empty
+    /// between calls.
+    scratch: Vec<u8>,
     /// True while the pieces of a line longer than the frame limit arrive.
     in_long_line: bool,
 }
@@ -96,12 +93,12 @@ pub struct DockerJsonDecoder {
 impl DockerJsonDecoder {
     /// A decoder whose messages are at most `max_line_bytes` (raised to at least 1).
     pub fn new(max_line_bytes: usize) -> Self {
-        let max_line_bytes = max_line_bytes.max(1);
+        let max_line_bytes = clamp_max_line_bytes(max_line_bytes);
         Self {
             max_line_bytes,
             stdout: Joiner::new(Some(StdStream::Stdout), max_line_bytes),
             stderr: Joiner::new(Some(StdStream::Stderr), max_line_bytes),
-            scratch: BytesMut::new(),
+            scratch: Vec::new(),
             in_long_line: false,
         }
     }
@@ -113,8 +110,8 @@ impl DockerJsonDecoder {
     #[inline]
     pub fn decode(
         &mut self,
-        frame: Frame,
-        out: &mut Vec<LogRecord>,
+        frame: Frame<'_>,
+        out: &mut LogRecords,
     ) -> Result<(), DockerJsonError> {
         if frame.truncated || self.in_long_line {
             // The last piece of an over-long line is not truncated, and is rejected too.
@@ -123,46 +120,90 @@ impl DockerJsonDecoder {
                 start_offset: frame.start_offset,
             });
         }
-        let Some(scan) = scan(&frame.bytes) else {
+        let Some(scan) = scan(frame.bytes) else {
             return self.decode_slow(frame, out);
         };
-        let content = &frame.bytes[scan.content.clone()];
+        let content = &frame.bytes[scan.content];
+        let time = &frame.bytes[scan.time];
         // One pass over the message finds whether anything but the final `\n` needs decoding.
         let (message, last) = match memchr::memchr2(b'"', b'\\', content) {
-            None => (scan.content, false),
+            None => (content, false),
             Some(at) if at + 2 == content.len() && content[at + 1] == b'n' => {
-                (scan.content.start..scan.content.start + at, true)
+                (&content[..at], true)
             }
             Some(at) => {
-                match unescape_scratch(content, at, &mut self.scratch) {
-                    Some(last) => {
-                        let time = frame.bytes.slice(scan.time);
-                        let message = self.scratch.split().freeze();
-                        self.emit(scan.stream, time, message, last, frame.start_offset, out);
-                        return Ok(());
-                    }
+                let mut last = false;
+                let decoded = out.write_with(content.len(), |dst| {
+                    let (len, ends_line) = unescape_message(content, at, dst)?;
+                    last = ends_line;
+                    Some(len)
+                });
+                let Some(message) = decoded else {
                     // Not what Go writes (a raw quote, an unknown escape): let serde_json
                     // judge the line.
-                    None => return self.decode_slow(frame, out),
-                }
+                    return self.decode_slow(frame, out);
+                };
+                self.emit_decoded(scan.stream, frame, time, message, last, out);
+                return Ok(());
             }
         };
-        let time = frame.bytes.slice(scan.time);
-        let mut bytes = frame.bytes;
-        bytes.truncate(message.end);
-        bytes.advance(message.start);
-        self.emit(scan.stream, time, bytes, last, frame.start_offset, out);
+        let max = self.max_line_bytes;
+        let joiner = self.joiner(scan.stream);
+        if last && !joiner.is_holding() && message.len() <= max {
+            let time = out.shared(frame.chunk, time);
+            let message = out.shared(frame.chunk, message);
+            out.push(time, message, Some(scan.stream), false);
+        } else {
+            joiner.push(message, time, frame.start_offset, last, out);
+        }
         Ok(())
+    }
+
+    /// The joiner of `stream`.
+    #[inline]
+    fn joiner(&mut self, stream: StdStream) -> &mut Joiner {
+        match stream {
+            StdStream::Stdout => &mut self.stdout,
+            StdStream::Stderr => &mut self.stderr,
+        }
+    }
+
+    /// Emits a message already decoded into `out`'s arena: as a record when it is a whole
+    /// line, else moved to its stream's joiner.
+    fn emit_decoded(
+        &mut self,
+        stream: StdStream,
+        frame: Frame<'_>,
+        time: &[u8],
+        message: Span,
+        last: bool,
+        out: &mut LogRecords,
+    ) {
+        let max = self.max_line_bytes;
+        let joiner = match stream {
+            StdStream::Stdout => &mut self.stdout,
+            StdStream::Stderr => &mut self.stderr,
+        };
+        if last && !joiner.is_holding() && message.len() <= max {
+            let time = out.shared(frame.chunk, time);
+            out.push(time, message, Some(stream), false);
+            return;
+        }
+        self.scratch.clear();
+        self.scratch.extend_from_slice(out.bytes(message));
+        out.unwrite(message);
+        joiner.push(&self.scratch, time, frame.start_offset, last, out);
+        self.scratch.clear();
     }
 
     /// Decodes a line of any valid JSON shape with serde_json.
     #[cold]
     fn decode_slow(
         &mut self,
-        frame: Frame,
-        out: &mut Vec<LogRecord>,
+        frame: Frame<'_>,
+        out: &mut LogRecords,
     ) -> Result<(), DockerJsonError> {
-        let line: JsonLine<'_> = serde_json::from_slice(&frame.bytes)
+        let line: JsonLine<'_> = serde_json::from_slice(frame.bytes)
             .map_err(|source| DockerJsonError::ParseLine { source })?;
         let stream = match &*line.stream {
             "stdout" => StdStream::Stdout,
@@ -177,37 +218,23 @@ impl DockerJsonDecoder {
             Some(log) => (log, true),
             None => (&*line.log, false),
         };
-        let time = slice_or_copy(&frame.bytes, line.time.as_bytes(), &mut self.scratch);
-        let message = slice_or_copy(&frame.bytes, log.as_bytes(), &mut self.scratch);
-        self.emit(stream, time, message, last, frame.start_offset, out);
-        Ok(())
-    }
-
-    /// Emits a message directly when it is a whole line, or through its stream's joiner.
-    #[inline]
-    fn emit(
-        &mut self,
-        stream: StdStream,
-        time: Bytes,
-        message: Bytes,
-        last: bool,
-        frame_start: u64,
-        out: &mut Vec<LogRecord>,
-    ) {
-        let joiner = match stream {
-            StdStream::Stdout => &mut self.stdout,
-            StdStream::Stderr => &mut self.stderr,
-        };
-        if last && !joiner.is_holding() && message.len() <= self.max_line_bytes {
-            out.push(LogRecord {
-                time,
-                stream: Some(stream),
-                message,
-                split: false,
-            });
+        let max = self.max_line_bytes;
+        let joiner = self.joiner(stream);
+        if last && !joiner.is_holding() && log.len() <= max {
+            // `shared` copies what serde_json had to unescape (it is not inside the chunk).
+            let time = out.shared(frame.chunk, line.time.as_bytes());
+            let message = out.shared(frame.chunk, log.as_bytes());
+            out.push(time, message, Some(stream), false);
         } else {
-            joiner.push(&message, &time, frame_start, last, out);
+            joiner.push(
+                log.as_bytes(),
+                line.time.as_bytes(),
+                frame.start_offset,
+                last,
+                out,
+            );
         }
+        Ok(())
     }
 
     /// The file offset of the oldest partial line held; see
@@ -220,7 +247,7 @@ impl DockerJsonDecoder {
     }
 
     /// Emits the partial lines held, oldest first.
-    pub fn flush_pending(&mut self, out: &mut Vec<LogRecord>) {
+    pub fn flush_pending(&mut self, out: &mut LogRecords) {
         // The rest of an over-long line will not come either.
         self.in_long_line = false;
         let stderr_first = match (self.stdout.start_offset(), self.stderr.start_offset()) {
@@ -250,19 +277,6 @@ struct JsonLine<'a> {
     /// RFC 3339 with nanoseconds.
     #[serde(borrow)]
     time: Cow<'a, str>,
-}
-
-/// `value` as a slice of `frame` when it lies inside it (serde_json borrowed it), else as a
-/// copy in `scratch` (it had escapes).
-fn slice_or_copy(frame: &Bytes, value: &[u8], scratch: &mut BytesMut) -> Bytes {
-    let base = frame.as_ptr() as usize;
-    let start = value.as_ptr() as usize;
-    if start >= base && start + value.len() <= base + frame.len() {
-        return frame.slice(start - base..start - base + value.len());
-    }
-    reserve_scratch(scratch, value.len(), SCRATCH_CHUNK);
-    scratch.extend_from_slice(value);
-    scratch.split().freeze()
 }
 
 /// Where the parts of a line in moby's exact shape are.
@@ -388,27 +402,16 @@ fn scan_with_attrs(b: &[u8], time: Range<usize>, time_key: usize) -> Option<Scan
     })
 }
 
-/// Unescapes a `log` string's content (its first quote or backslash at `first`) into
-/// `scratch`, which is empty, leaving the message there without its final newline. Returns
-/// whether there was one (the line is complete), or `None` if the content is not valid
-/// JSON string content; `scratch` is then empty again.
-fn unescape_scratch(src: &[u8], first: usize, scratch: &mut BytesMut) -> Option<bool> {
-    // Unescaping never makes a string longer, so `src.len()` bytes are enough. Zeroing them
-    // costs about as much as copying them, and keeps this safe.
-    reserve_scratch(scratch, src.len(), SCRATCH_CHUNK);
-    scratch.resize(src.len(), 0);
-    scratch[..first].copy_from_slice(&src[..first]);
-    let Some(len) = unescape(&src[first..], &mut scratch[first..]) else {
-        scratch.clear();
-        return None;
-    };
-    let mut len = first + len;
-    let last = len > 0 && scratch[len - 1] == b'\n';
-    if last {
-        len -= 1;
-    }
-    scratch.truncate(len);
-    Some(last)
+/// Unescapes a `log` string's content (its first quote or backslash at `first`) into `dst`
+/// (at least as long), leaving the message without its final newline. Returns its length and
+/// whether there was one (the line is complete), or `None` if the content is not valid JSON
+/// string content.
+#[inline]
+fn unescape_message(src: &[u8], first: usize, dst: &mut [u8]) -> Option<(usize, bool)> {
+    dst[..first].copy_from_slice(&src[..first]);
+    let len = first + unescape(&src[first..], &mut dst[first..])?;
+    let last = len > 0 && dst[len - 1] == b'\n';
+    Some((len - usize::from(last), last))
 }
 
 /// Decodes JSON string content `src` (the bytes between the quotes) into `dst`, which must
@@ -543,33 +546,31 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::tail::LogRecord;
+    use crate::tail::format::collect;
+    use crate::tail::framing::OwnedFrame;
 
     const T: &str = "2026-11-22T00:41:42.98009025Z";
 
-    fn frame_at(line: &[u8], start_offset: u64) -> Frame {
-        Frame {
-            bytes: Bytes::copy_from_slice(line),
-            start_offset,
-            end_offset: start_offset + line.len() as u64 + 1,
-            truncated: false,
-        }
+    fn frame_at(line: &[u8], start_offset: u64) -> OwnedFrame {
+        OwnedFrame::new(line, start_offset, false)
     }
 
-    fn decode_all(decoder: &mut DockerJsonDecoder, lines: &[&[u8]]) -> Vec<LogRecord> {
-        let mut out = Vec::new();
+    fn decode_all(decoder: &mut DockerJsonDecoder, lines: &[&[u8]]) -> LogRecords {
+        let mut out = LogRecords::new();
         let mut offset = 0;
         for line in lines {
-            decoder.decode(frame_at(line, offset), &mut out).unwrap();
+            decoder.decode(frame_at(line, offset).frame(), &mut out).unwrap();
             offset += line.len() as u64 + 1;
         }
         out
     }
 
-    fn record(stream: StdStream, time: &str, message: &[u8], split: bool) -> LogRecord {
+    fn record<'a>(stream: StdStream, time: &'a str, message: &'a [u8], split: bool) -> LogRecord<'a> {
         LogRecord {
-            time: Bytes::copy_from_slice(time.as_bytes()),
+            time: time.as_bytes(),
             stream: Some(stream),
-            message: Bytes::copy_from_slice(message),
+            message,
             split,
         }
     }
@@ -600,7 +601,7 @@ mod tests {
     #[test]
     fn decodes_real_docker_lines() {
         use StdStream::{Stderr, Stdout};
-        let cases: &[(&str, LogRecord)] = &[
+        let cases: &[(&str, LogRecord<'_>)] = &[
             (
                 r#"{"log":"hello world\n","stream":"stdout","time":"2026-11-22T00:41:42.98009025Z"}"#,
                 record(Stdout, T, b"hello world", false),
@@ -690,11 +691,11 @@ mod tests {
             assert!(scan(line.as_bytes()).is_some(), "fast path: {line}");
             let mut decoder = DockerJsonDecoder::new(1 << 20);
             let got = decode_all(&mut decoder, &[line.as_bytes()]);
-            assert_eq!(got, vec![want.clone()], "{line}");
+            assert_eq!(collect(&got), vec![*want], "{line}");
             // The same line in another shape goes through serde_json and agrees.
             let spaced = line.replacen('{', "{ ", 1);
             let got = decode_all(&mut decoder, &[spaced.as_bytes()]);
-            assert_eq!(got, vec![want.clone()], "slow path: {line}");
+            assert_eq!(collect(&got), vec![*want], "slow path: {line}");
             assert_eq!(decoder.pending_start(), None);
         }
     }
@@ -712,10 +713,10 @@ mod tests {
 
         for max in [1 << 20, 2 << 20, 100_000, 16384, 1000] {
             let mut decoder = DockerJsonDecoder::new(max);
-            let mut out = Vec::new();
+            let mut out = LogRecords::new();
             let mut offset = 0;
             for (n, line) in lines.iter().enumerate() {
-                decoder.decode(frame_at(line, offset), &mut out).unwrap();
+                decoder.decode(frame_at(line, offset).frame(), &mut out).unwrap();
                 if n < 64 && out.is_empty() {
                     assert_eq!(decoder.pending_start(), Some(0), "max {max}");
                 }
@@ -745,11 +746,11 @@ mod tests {
             go_line("err-b\n", "stderr", "t5"),
         ];
         let mut decoder = DockerJsonDecoder::new(1000);
-        let mut out = Vec::new();
+        let mut out = LogRecords::new();
         let mut offset = 0;
         let mut pending = Vec::new();
         for line in &lines {
-            decoder.decode(frame_at(line, offset), &mut out).unwrap();
+            decoder.decode(frame_at(line, offset).frame(), &mut out).unwrap();
             pending.push(decoder.pending_start());
             offset += line.len() as u64 + 1;
         }
@@ -760,7 +761,7 @@ mod tests {
             "pending starts"
         );
         assert_eq!(
-            out,
+            collect(&out),
             [
                 record(StdStream::Stdout, "t1", b"out-a out-b", false),
                 record(StdStream::Stdout, "t4", b"whole", false),
@@ -782,7 +783,7 @@ mod tests {
         assert!(out.is_empty());
         decoder.flush_pending(&mut out);
         assert_eq!(
-            out,
+            collect(&out),
             [
                 record(StdStream::Stderr, "t1", b"err", false),
                 record(StdStream::Stdout, "t2", b"out", false),
@@ -839,7 +840,7 @@ mod tests {
                 assert!(out.is_empty(), "{line}");
                 decoder.flush_pending(&mut out);
             }
-            assert_eq!(out, [record(stream, time, message, false)], "{line}");
+            assert_eq!(collect(&out), [record(stream, time, message, false)], "{line}");
         }
     }
 
@@ -874,37 +875,37 @@ mod tests {
             let mut decoder = DockerJsonDecoder::new(1000);
             let mut out = decode_all(&mut decoder, &[&go_line("held ", "stdout", "t0")]);
             let err = decoder
-                .decode(frame_at(line.as_bytes(), 100), &mut out)
+                .decode(frame_at(line.as_bytes(), 100).frame(), &mut out)
                 .unwrap_err();
             assert!(format!("{err:?}").starts_with(variant), "{line}: {err:?}");
             assert!(out.is_empty());
             assert_eq!(decoder.pending_start(), Some(0), "{line}");
             decoder
-                .decode(frame_at(&go_line("end\n", "stdout", "t1"), 200), &mut out)
+                .decode(frame_at(&go_line("end\n", "stdout", "t1"), 200).frame(), &mut out)
                 .unwrap();
-            assert_eq!(out, [record(StdStream::Stdout, "t0", b"held end", false)]);
+            assert_eq!(collect(&out), [record(StdStream::Stdout, "t0", b"held end", false)]);
         }
     }
 
     #[test]
     fn rejects_every_piece_of_a_line_over_the_frame_limit() {
         let mut decoder = DockerJsonDecoder::new(1000);
-        let mut out = Vec::new();
+        let mut out = LogRecords::new();
         for (truncated, start) in [(true, 0), (true, 10), (false, 20)] {
-            let frame = Frame {
-                bytes: Bytes::from_static(b"{\"log\":\"xx"),
+            let frame = OwnedFrame {
+                bytes: bytes::Bytes::from_static(b"{\"log\":\"xx"),
                 start_offset: start,
                 end_offset: start + 10,
                 truncated,
             };
-            let err = decoder.decode(frame, &mut out).unwrap_err();
+            let err = decoder.decode(frame.frame(), &mut out).unwrap_err();
             assert!(
                 matches!(err, DockerJsonError::LineTooLong { start_offset } if start_offset == start)
             );
         }
         let line = go_line("ok\n", "stdout", "t");
-        decoder.decode(frame_at(&line, 30), &mut out).unwrap();
-        assert_eq!(out, [record(StdStream::Stdout, "t", b"ok", false)]);
+        decoder.decode(frame_at(&line, 30).frame(), &mut out).unwrap();
+        assert_eq!(collect(&out), [record(StdStream::Stdout, "t", b"ok", false)]);
     }
 
     #[test]
@@ -1033,9 +1034,9 @@ mod tests {
             r#"{"log":"\u00\n","stream":"stdout","time":"t"}"#,
         ] {
             let mut decoder = DockerJsonDecoder::new(100);
-            let mut out = Vec::new();
+            let mut out = LogRecords::new();
             let err = decoder
-                .decode(frame_at(line.as_bytes(), 0), &mut out)
+                .decode(frame_at(line.as_bytes(), 0).frame(), &mut out)
                 .unwrap_err();
             assert!(matches!(err, DockerJsonError::ParseLine { .. }), "{line}");
             assert!(out.is_empty());
@@ -1101,7 +1102,7 @@ mod tests {
             // Feed the fast and the slow forms to two decoders, interleaving the streams by
             // a seeded order that keeps each stream's own order.
             let mut decoders = [DockerJsonDecoder::new(max), DockerJsonDecoder::new(max)];
-            let mut outs = [Vec::new(), Vec::new()];
+            let mut outs = [LogRecords::new(), LogRecords::new()];
             let mut next = [0, 0];
             let mut seed = order_seed;
             let mut offset = 0;
@@ -1114,7 +1115,7 @@ mod tests {
                 for _ in 0..2 {
                     let (line, slow) = &pieces[s][next[s]];
                     decoders[usize::from(*slow)]
-                        .decode(frame_at(line, offset), &mut outs[usize::from(*slow)])
+                        .decode(frame_at(line, offset).frame(), &mut outs[usize::from(*slow)])
                         .unwrap();
                     next[s] += 1;
                 }

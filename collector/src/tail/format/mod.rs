@@ -5,6 +5,7 @@
 //!
 //! ```no_run
 //! use bytes::Bytes;
+//! use collector::tail::LogRecords;
 //! use collector::tail::format::{Decoder, LogFormat};
 //! use collector::tail::framing::LineFramer;
 //!
@@ -15,7 +16,7 @@
 //! let mut framer = LineFramer::new(0, 256 * 1024, format.max_frame_bytes(max_line_bytes));
 //! let mut decoder = Decoder::new(format, max_line_bytes);
 //! let now = Bytes::from_static(b"2024-01-01T00:00:00Z");
-//! let mut records = Vec::new();
+//! let mut records = LogRecords::new();
 //! while framer.read_from(&mut file)? > 0 {
 //!     let mut safe_offset = framer.offset_committed();
 //!     while let Some(frame) = framer.next_frame() {
@@ -36,14 +37,14 @@ pub mod cri;
 pub mod docker_json;
 pub mod plain;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 pub use self::cri::{CriDecoder, CriError};
 pub use self::docker_json::{DockerJsonDecoder, DockerJsonError};
 pub use self::plain::PlainDecoder;
 use super::framing::Frame;
-use super::record::{LogRecord, StdStream};
+use super::record::{LogRecords, MAX_CHUNK_BYTES, StdStream};
 
 /// How the lines of a log file are encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -66,13 +67,30 @@ impl LogFormat {
     /// to 6 times (`\u0001`), plus `attrs`. A frame cut there would be unreadable JSON, so the
     /// frame bound for Docker never goes below [`docker_json::MIN_FRAME_BYTES`]. CRI lines
     /// have a short header before the message; plain lines have none.
+    ///
+    /// `max_line_bytes` is first bounded as the decoders bound it ([`clamp_max_line_bytes`]).
     pub fn max_frame_bytes(self, max_line_bytes: usize) -> usize {
+        let max_line_bytes = clamp_max_line_bytes(max_line_bytes);
         match self {
             Self::DockerJson => max_line_bytes.max(docker_json::MIN_FRAME_BYTES),
             Self::Cri => max_line_bytes.saturating_add(cri::MAX_HEADER_BYTES),
             Self::Plain => max_line_bytes,
         }
     }
+}
+
+/// The longest message the decoders emit whole, whatever is configured: records address
+/// their bytes with 32-bit ranges ([`MAX_CHUNK_BYTES`]), and a frame needs room for a header
+/// and a read beside the message. A quarter of the addressable size is far above any
+/// sensible line.
+pub fn clamp_max_line_bytes(max_line_bytes: usize) -> usize {
+    max_line_bytes.clamp(1, MAX_CHUNK_BYTES / 4)
+}
+
+/// The records of `out` as a `Vec`, for comparisons in tests.
+#[cfg(test)]
+pub(crate) fn collect(out: &LogRecords) -> Vec<super::LogRecord<'_>> {
+    out.iter().collect()
 }
 
 /// A line could not be decoded. The caller counts it and skips it; the decoder stays usable.
@@ -120,9 +138,9 @@ impl Decoder {
     #[inline]
     pub fn decode(
         &mut self,
-        frame: Frame,
+        frame: Frame<'_>,
         now: &Bytes,
-        out: &mut Vec<LogRecord>,
+        out: &mut LogRecords,
     ) -> Result<(), DecodeError> {
         match self {
             Self::DockerJson(d) => Ok(d.decode(frame, out)?),
@@ -150,7 +168,7 @@ impl Decoder {
     /// Emits every partial line held, as is, oldest first. Call it when the file is finished
     /// for good (its container is gone and the file was read to the end): Docker writes the
     /// last output of a container without `'\n'` as a partial piece that no piece will end.
-    pub fn flush_pending(&mut self, out: &mut Vec<LogRecord>) {
+    pub fn flush_pending(&mut self, out: &mut LogRecords) {
         match self {
             Self::DockerJson(d) => d.flush_pending(out),
             Self::Cri(d) => d.flush_pending(out),
@@ -167,7 +185,8 @@ const JOINER_KEEP_BYTES: usize = 64 * 1024;
 ///
 /// Docker and CRI split long lines into pieces (Docker at 16 KiB, pieces without trailing
 /// `\n`; CRI with tag `P`), and the pieces of stdout and stderr can interleave, so each stream
-/// has its own joiner.
+/// has its own joiner. The pieces are copied: they come from different reads, and a line may
+/// span batches.
 #[derive(Debug)]
 pub(crate) struct Joiner {
     /// The stream of every record this joiner emits.
@@ -175,9 +194,9 @@ pub(crate) struct Joiner {
     /// Longest message emitted.
     max: usize,
     /// The message joined so far.
-    buf: BytesMut,
+    buf: Vec<u8>,
     /// Time of the first piece: Docker stamps every piece of a line with the same time.
-    time: Bytes,
+    time: Vec<u8>,
     /// File offset of the first frame whose bytes are (partly) held; `None` when idle.
     start_offset: Option<u64>,
 }
@@ -189,8 +208,8 @@ impl Joiner {
         Self {
             stream,
             max: max.max(1),
-            buf: BytesMut::new(),
-            time: Bytes::new(),
+            buf: Vec::new(),
+            time: Vec::new(),
             start_offset: None,
         }
     }
@@ -211,14 +230,15 @@ impl Joiner {
     pub(crate) fn push(
         &mut self,
         mut piece: &[u8],
-        time: &Bytes,
+        time: &[u8],
         frame_start: u64,
         last: bool,
-        out: &mut Vec<LogRecord>,
+        out: &mut LogRecords,
     ) {
         if self.start_offset.is_none() {
             self.start_offset = Some(frame_start);
-            self.time = time.clone();
+            self.time.clear();
+            self.time.extend_from_slice(time);
         }
         loop {
             let room = self.max - self.buf.len();
@@ -228,12 +248,7 @@ impl Joiner {
             }
             self.buf.extend_from_slice(&piece[..room]);
             piece = &piece[room..];
-            out.push(LogRecord {
-                time: self.time.clone(),
-                stream: self.stream,
-                message: self.buf.split().freeze(),
-                split: true,
-            });
+            self.push_held(true, out);
             // What is still held comes from this frame.
             self.start_offset = Some(frame_start);
         }
@@ -243,40 +258,35 @@ impl Joiner {
     }
 
     /// Emits what is held as a record that ends its line, if anything is held.
-    pub(crate) fn emit(&mut self, out: &mut Vec<LogRecord>) {
+    pub(crate) fn emit(&mut self, out: &mut LogRecords) {
         if self.start_offset.take().is_none() {
             return;
         }
-        out.push(LogRecord {
-            time: std::mem::take(&mut self.time),
-            stream: self.stream,
-            message: self.buf.split().freeze(),
-            split: false,
-        });
+        self.push_held(false, out);
         if self.buf.capacity() > JOINER_KEEP_BYTES {
-            self.buf = BytesMut::new();
+            self.buf = Vec::new();
         }
     }
-}
 
-/// Makes room for `additional` bytes in a scratch buffer, allocating in chunks of at least
-/// `chunk` bytes so that small decoded lines share one allocation (amortised, not one
-/// allocation per line).
-pub(crate) fn reserve_scratch(scratch: &mut BytesMut, additional: usize, chunk: usize) {
-    if scratch.capacity() - scratch.len() < additional {
-        scratch.reserve(additional.max(chunk));
+    /// Copies the held message out as a record and empties the buffer.
+    fn push_held(&mut self, split: bool, out: &mut LogRecords) {
+        let time = out.copy(&self.time);
+        let message = out.copy(&self.buf);
+        out.push(time, message, self.stream, split);
+        self.buf.clear();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tail::LogRecord;
 
-    fn record(message: &str, split: bool) -> LogRecord {
+    fn record(message: &str, split: bool) -> LogRecord<'_> {
         LogRecord {
-            time: Bytes::from_static(b"T"),
+            time: b"T",
             stream: Some(StdStream::Stdout),
-            message: Bytes::copy_from_slice(message.as_bytes()),
+            message: message.as_bytes(),
             split,
         }
     }
@@ -331,13 +341,12 @@ mod tests {
         ];
         for case in cases {
             let mut joiner = Joiner::new(Some(StdStream::Stdout), case.max);
-            let mut out = Vec::new();
+            let mut out = LogRecords::new();
             for &(piece, start, last) in case.pieces {
-                let time = Bytes::from_static(b"T");
-                joiner.push(piece.as_bytes(), &time, start, last, &mut out);
+                joiner.push(piece.as_bytes(), b"T", start, last, &mut out);
             }
             let want: Vec<_> = case.want.iter().map(|&(m, s)| record(m, s)).collect();
-            assert_eq!(out, want, "{}", case.name);
+            assert_eq!(collect(&out), want, "{}", case.name);
             assert_eq!(joiner.start_offset(), case.pending, "{}", case.name);
         }
     }

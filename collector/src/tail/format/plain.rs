@@ -3,7 +3,7 @@
 use bytes::Bytes;
 
 use crate::tail::framing::Frame;
-use crate::tail::record::LogRecord;
+use crate::tail::record::LogRecords;
 
 /// Decodes plain lines. It holds nothing: a line longer than the frame limit comes out as
 /// the framer cut it, each piece but the last marked `split`.
@@ -21,23 +21,25 @@ impl PlainDecoder {
     /// A `'\r'` at the end of a truncated piece is kept: it is inside the line, not before
     /// its newline.
     #[inline]
-    pub fn decode(&mut self, frame: Frame, now: &Bytes, out: &mut Vec<LogRecord>) {
+    pub fn decode(&mut self, frame: Frame<'_>, now: &Bytes, out: &mut LogRecords) {
         let mut message = frame.bytes;
-        if !frame.truncated && message.last() == Some(&b'\r') {
-            message.truncate(message.len() - 1);
+        if !frame.truncated
+            && let [rest @ .., b'\r'] = message
+        {
+            message = rest;
         }
-        out.push(LogRecord {
-            time: now.clone(),
-            stream: None,
-            message,
-            split: frame.truncated,
-        });
+        let time = out.shared(now, now);
+        let message = out.shared(frame.chunk, message);
+        out.push(time, message, None, frame.truncated);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tail::LogRecord;
+    use crate::tail::format::collect;
+    use crate::tail::framing::OwnedFrame;
 
     #[test]
     fn decodes_lines() {
@@ -53,21 +55,16 @@ mod tests {
         ];
         let now = Bytes::from_static(b"2024-01-01T00:00:00.000000000Z");
         for &(line, truncated, message) in cases {
-            let frame = Frame {
-                bytes: Bytes::copy_from_slice(line),
-                start_offset: 0,
-                end_offset: line.len() as u64,
-                truncated,
-            };
-            let mut out = Vec::new();
-            PlainDecoder::new().decode(frame, &now, &mut out);
+            let frame = OwnedFrame::new(line, 0, truncated);
+            let mut out = LogRecords::new();
+            PlainDecoder::new().decode(frame.frame(), &now, &mut out);
             let want = LogRecord {
-                time: now.clone(),
+                time: &now,
                 stream: None,
-                message: Bytes::copy_from_slice(message),
+                message,
                 split: truncated,
             };
-            assert_eq!(out, [want], "{line:?}");
+            assert_eq!(collect(&out), [want], "{line:?}");
         }
     }
 }
