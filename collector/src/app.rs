@@ -14,19 +14,26 @@
 //! 2. stop the inventory and every tailer (a tailer stops between passes);
 //! 3. the shipper delivers what is already in the channel, syncs the sinks and commits the
 //!    final checkpoints; past the deadline it gives up retrying, and what it did not deliver
-//!    is read again at the next start (never lost, at most repeated).
+//!    is read again at the next start (never lost, at most repeated);
+//! 4. the control API stops last, so a draining daemon can still be inspected.
+//!
+//! Besides the stages: the control API (`crate::control`) on its unix socket, fed by the
+//! inventory's view and by observer sinks around the real ones, and a periodic expiry of the
+//! container history (`discovery.history_retention`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
+use crate::control::{ControlError, ControlServer, ControlState, CountingSink, DeliveryTap, InventoryView, ReadTap, TAIL_CHANNEL_BATCHES};
 use crate::discover::cgroupfs::{CgroupWatcher, scan_cgroupfs};
 use crate::discover::docker_api::DockerApi;
 use crate::discover::docker_root::{DockerRootWatcher, scan_docker_root};
+use crate::discover::ebpf::{self, EbpfSettings};
 use crate::discover::procfs::scan_procfs;
 use crate::discover::{ContainerEvent, DiscoverySource, Sighting};
 use crate::identify::cgroup::{self, CgroupLayout};
@@ -49,6 +56,9 @@ pub enum AppError {
     /// `discovery.ebpf = "on"` and eBPF could not start.
     #[error("eBPF is required (discovery.ebpf = \"on\") but cannot start")]
     Ebpf(#[from] crate::discover::ebpf::EbpfError),
+    /// The control socket cannot be served (another daemon has it, or it cannot be created).
+    #[error(transparent)]
+    Control(#[from] ControlError),
     /// The data directory cannot be created.
     #[error("cannot create {path}")]
     CreateDir {
@@ -98,15 +108,35 @@ impl App {
             }
         };
 
-        let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+        // The real sinks, each counted, between two observers: the read tap sees each batch
+        // as the shipper takes it, the delivery tap once every real sink has it
+        // (`crate::control` documents why that order holds).
+        let view = InventoryView::new();
+        let (tail_tx, _) = broadcast::channel(TAIL_CHANNEL_BATCHES);
+        let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(ReadTap)];
+        let mut sink_stats = Vec::new();
         if config.sinks.file.enabled {
             let dir = config.file_sink_dir();
             info!(dir = %dir.display(), "Local directory sink enabled.");
-            sinks.push(Box::new(FileSink::new(dir)));
+            let sink = CountingSink::new(Box::new(FileSink::new(dir.clone())), dir.display().to_string());
+            sink_stats.push(sink.stats());
+            sinks.push(Box::new(sink));
         }
         if config.sinks.discard.enabled {
-            sinks.push(Box::new(DiscardSink::default()));
+            let sink = CountingSink::new(Box::new(DiscardSink::default()), "(dropped)".to_owned());
+            sink_stats.push(sink.stats());
+            sinks.push(Box::new(sink));
         }
+        sinks.push(Box::new(DeliveryTap::new(view.clone(), tail_tx.clone())));
+        // Bound before anything runs: a second daemon on this data directory stops here.
+        let control = if config.control.enabled {
+            let state = ControlState::new(config.clone(), layout.clone(), view.clone(), sink_stats, tail_tx);
+            Some(ControlServer::bind(&config.control_socket(), state)?)
+        } else {
+            None
+        };
+        let control_stop = CancellationToken::new();
+        let control_task = control.map(|c| tokio::spawn(c.run(control_stop.clone())));
         let (batch_tx, batch_rx) = mpsc::channel(config.tail.channel_batches);
         let shipper_abort = CancellationToken::new();
         let shipper = Shipper::new(
@@ -123,16 +153,6 @@ impl App {
         let agent = Arc::new(EcsAgentClient::try_new(config.ecs.agent_uri.clone(), config.ecs.agent_timeout, config.ecs.cache_ttl)?);
 
         let mut discovery = tokio::task::JoinSet::new();
-        // eBPF first: attached before the scans start, nothing created meanwhile is missed.
-        let ebpf = crate::discover::ebpf::start(crate::discover::ebpf::EbpfSettings {
-            mode: config.discovery.ebpf,
-            procfs_root: config.host.procfs_root.clone(),
-            layout: layout.clone(),
-        })
-        .await?;
-        if let Some(source) = ebpf {
-            discovery.spawn(source.run(event_tx.clone(), discovery_stop.clone()));
-        }
         if config.discovery.docker_root_inotify {
             let watcher = DockerRootWatcher::new(config.host.docker_root.clone());
             let (tx, stop) = (event_tx.clone(), discovery_stop.clone());
@@ -158,11 +178,25 @@ impl App {
             discovery.spawn(async move { d.run_events(tx, stop).await });
         }
         discovery.spawn(rescan_loop(config.clone(), layout.clone(), event_tx.clone(), discovery_stop.clone()));
+        let retention = config.discovery.history_retention;
+        let every = (retention / 4).clamp(EXPIRE_INTERVAL_MIN, EXPIRE_INTERVAL_MAX);
+        discovery.spawn(expire_loop(store.clone(), view.clone(), retention, every, discovery_stop.clone()));
+        let ebpf_tx = event_tx.clone();
         drop(event_tx);
 
-        let inventory = Inventory::new(config.clone(), store.clone(), layout, docker, agent, batch_tx, tail_stop.clone());
+        let ebpf_settings =
+            EbpfSettings { mode: config.discovery.ebpf, procfs_root: config.host.procfs_root.clone(), layout: layout.clone() };
+        let inventory =
+            Inventory::new(config.clone(), store.clone(), layout, docker, agent, batch_tx, tail_stop.clone()).with_view(view.clone());
         let inventory_stop = CancellationToken::new();
         let inventory_task = tokio::spawn(inventory.run(event_rx, inventory_stop.clone()));
+
+        // eBPF last: loading takes 0.1-0.5 s of CPU (the kernel's BTF, the verifier), and the
+        // other sources run meanwhile, so nothing waits for it; once attached it sees every
+        // container first.
+        if let Some(source) = ebpf::start(ebpf_settings).await? {
+            discovery.spawn(source.run(ebpf_tx, discovery_stop.clone()));
+        }
 
         info!(data_dir = %config.data_dir.display(), "Collector running.");
         shutdown.cancelled().await;
@@ -184,8 +218,44 @@ impl App {
             warn!("Shipper task panicked; this is a bug.");
         }
         deadline.abort();
+        control_stop.cancel();
+        if let Some(task) = control_task
+            && task.await.is_err()
+        {
+            warn!("Control API task panicked; this is a bug.");
+        }
         info!("Collector stopped.");
         Ok(())
+    }
+}
+
+/// How often removed containers older than the retention are forgotten: a quarter of the
+/// retention, between these bounds (a DELETE over a small table; never worth more often).
+const EXPIRE_INTERVAL_MIN: Duration = Duration::from_secs(1);
+/// See [`EXPIRE_INTERVAL_MIN`].
+const EXPIRE_INTERVAL_MAX: Duration = Duration::from_secs(600);
+
+/// Forgets containers removed longer than `retention` ago, from the history (with their
+/// sources and checkpoints) and from the control API's view, at start and every `every`.
+async fn expire_loop(store: Store, view: InventoryView, retention: Duration, every: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.expire_history(retention_ms)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => info!(containers = n, "Forgot containers removed longer ago than the history retention."),
+            Ok(Err(e)) => warn!(error = %crate::internal_events::chain(&e), "History expiry failed; retrying later."),
+            Err(_) => warn!("History expiry task panicked; this is a bug."),
+        }
+        if let Some(cutoff) = std::time::SystemTime::now().checked_sub(retention) {
+            view.expire(cutoff);
+        }
     }
 }
 
@@ -239,5 +309,35 @@ async fn rescan_loop(config: Config, layout: Option<CgroupLayout>, tx: mpsc::Sen
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identify::{ContainerId, ContainerIdentity};
+    use crate::state::Lifecycle;
+
+    #[tokio::test]
+    async fn history_expiry_runs_periodically() {
+        let store = Store::in_memory().unwrap();
+        let view = InventoryView::new();
+        let stop = CancellationToken::new();
+        let (retention, every) = (Duration::from_millis(300), Duration::from_millis(50));
+        let task = tokio::spawn(expire_loop(store.clone(), view.clone(), retention, every, stop.clone()));
+        let identity = ContainerIdentity::new(ContainerId::parse(&"e".repeat(64)).unwrap());
+        store.record_container(&identity, Lifecycle::Removed, Some(0), None).unwrap();
+        view.publish_container(Arc::new(identity.clone()), Lifecycle::Removed, None, None, Vec::new());
+        // Still there within the retention (the loop ran at start and ticks meanwhile)...
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(store.container(identity.container_id.as_str()).unwrap().is_some());
+        // ...gone from both soon after, without anything but the loop running.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while store.container(identity.container_id.as_str()).unwrap().is_some() || view.container(&identity.container_id).is_some() {
+            assert!(std::time::Instant::now() < deadline, "the history was never expired");
+            tokio::time::sleep(every).await;
+        }
+        stop.cancel();
+        task.await.unwrap();
     }
 }

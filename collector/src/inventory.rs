@@ -18,6 +18,7 @@ use tracing::{debug, warn};
 
 use crate::batch::{Batch, SourceInfo};
 use crate::config::Config;
+use crate::control::InventoryView;
 use crate::death::{self, DeathTracker};
 use crate::discover::docker_api::DockerApi;
 use crate::discover::{ContainerEvent, DiscoverySource, ProcessExit, Sighting};
@@ -85,6 +86,8 @@ pub struct Inventory {
     tail_shutdown: CancellationToken,
     /// Opens rotated files at creation; `None` if inotify is unavailable.
     rotation_guard: Option<RotationGuard>,
+    /// What the control API sees: published after every change (see `publish`).
+    view: InventoryView,
 }
 
 impl Inventory {
@@ -121,7 +124,14 @@ impl Inventory {
                     None
                 }
             },
+            view: InventoryView::new(),
         }
+    }
+
+    /// Publishes into `view` (the control API's) instead of a private one.
+    pub fn with_view(mut self, view: InventoryView) -> Self {
+        self.view = view;
+        self
     }
 
     /// Runs until `events` closes or `stop` fires, then waits for its tailers to stop (they
@@ -146,6 +156,14 @@ impl Inventory {
     }
 
     fn on_event(&mut self, ev: ContainerEvent) {
+        let (event, via) = match &ev {
+            ContainerEvent::Seen(s) => ("seen", s.source),
+            ContainerEvent::Exited { source, .. } => ("exited", *source),
+            ContainerEvent::Removed { source, .. } => ("removed", *source),
+            ContainerEvent::ScanComplete { source } => ("scan_complete", *source),
+            ContainerEvent::ProcessExited(_) => ("process_exited", DiscoverySource::Ebpf),
+        };
+        internal_events::DiscoveryEventReceived { event, source: via.as_str() }.emit();
         match ev {
             ContainerEvent::Seen(s) => self.on_seen(s),
             ContainerEvent::Exited { container_id, source } => {
@@ -224,6 +242,7 @@ impl Inventory {
         if is_new || changed || !e.docker_known {
             self.reidentify(&id);
         }
+        self.publish(&id);
     }
 
     /// Starts a background identification pass unless one is in flight.
@@ -278,6 +297,8 @@ impl Inventory {
             internal_events::CheckpointWriteError { error: &err }.emit();
         }
         let id = done.container_id;
+        self.remember_run(&id);
+        self.publish(&id);
         self.ensure_output_source(&id);
         self.start_declared_files(&id);
         if again {
@@ -304,10 +325,13 @@ impl Inventory {
         if let Err(err) = self.store.record_container(&identity, lifecycle, exit_code, oom) {
             internal_events::CheckpointWriteError { error: &err }.emit();
         }
+        self.remember_run(id);
+        self.publish(id);
     }
 
     /// A discovery source finished a full scan: containers it no longer sees may be gone.
     fn on_scan_complete(&mut self, source: DiscoverySource) {
+        self.view.mark_ready();
         let mut gone = Vec::new();
         let mut check = Vec::new();
         for (id, e) in &mut self.entries {
@@ -372,6 +396,7 @@ impl Inventory {
     }
 
     fn on_source_finished(&mut self, id: &ContainerId, key: &str) {
+        self.view.source_finished(id, key);
         let restart = match self.entries.get_mut(id) {
             Some(e) => {
                 e.active.remove(key);
@@ -527,6 +552,7 @@ impl Inventory {
                 None
             }
         });
+        let spec_path = path.clone();
         let spec = SourceSpec {
             info: info.clone(),
             path,
@@ -543,6 +569,7 @@ impl Inventory {
             }
         };
         e.active.insert(info.key.clone());
+        self.view.source_started(info.clone(), spec_path);
         let finished = self.finished_tx.clone();
         let shutdown = self.tail_shutdown.clone();
         self.tailers.spawn(async move {
@@ -551,6 +578,31 @@ impl Inventory {
                 let _ = finished.send((info.container_id.clone(), info.key.clone())).await;
             }
         });
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Publishing for the control API (`collector inspect`) and the history's run columns.
+// ---------------------------------------------------------------------------------------------
+
+impl Inventory {
+    /// Copies a container's state into the control API's view.
+    fn publish(&self, id: &ContainerId) {
+        let Some(e) = self.entries.get(id) else { return };
+        let seen_by = e.seen_by.iter().map(|s| s.as_str()).collect();
+        self.view.publish_container(e.identity_tx.borrow().clone(), e.lifecycle, e.pid, e.info.as_ref(), seen_by);
+    }
+
+    /// Remembers the container's last PID and Docker's start and finish times, so `inspect`
+    /// can answer after `docker rm`.
+    fn remember_run(&self, id: &ContainerId) {
+        let Some(e) = self.entries.get(id) else { return };
+        let state = e.info.as_ref().map(|i| &i.state);
+        let started = state.and_then(|s| s.started_at.as_deref());
+        let finished = state.filter(|s| !s.running).and_then(|s| s.finished_at.as_deref());
+        if let Err(err) = self.store.record_run(id.as_str(), e.pid, started, finished) {
+            internal_events::CheckpointWriteError { error: &err }.emit();
+        }
     }
 }
 

@@ -19,13 +19,19 @@
 //! - [`config`]: the TOML configuration, its defaults and validation.
 //! - [`app`]: wires the stages together and shuts them down in order.
 //! - [`internal_events`]: self-telemetry (logs + counters).
+//! - [`control`]: the control API on a unix socket: live view, `/metrics`, `inspect` and
+//!   `tail` endpoints.
+//! - [`inspect`]: `collector inspect` and `collector tail`: from a PID, container, cgroup or
+//!   task to the whole chain, from the daemon or, without it, from the host's files.
 
 pub mod app;
 pub mod batch;
 pub mod config;
+pub mod control;
 pub mod death;
 pub mod discover;
 pub mod identify;
+pub mod inspect;
 pub mod internal_events;
 pub mod inventory;
 pub mod ship;

@@ -7,12 +7,20 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use collector::app::App;
 use collector::config::{Config, EbpfMode, Overrides};
+use collector::inspect::{ColorChoice, InspectArgs, KindFilter, Outcome, TailArgs};
 use collector::telemetry;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 /// Exit code for bad usage or configuration (sysexits EX_USAGE, as linkerd does).
 const EXIT_USAGE: u8 = 64;
+
+/// `inspect` and `tail` exit codes, for scripts: found, not found, bad usage (clap's too).
+const EXIT_FOUND: u8 = 0;
+/// See [`EXIT_FOUND`].
+const EXIT_NOT_FOUND: u8 = 1;
+/// See [`EXIT_FOUND`].
+const EXIT_BAD_ARGUMENT: u8 = 2;
 
 #[derive(Parser)]
 /// The command line.
@@ -45,11 +53,105 @@ enum Command {
         #[arg(long, value_enum)]
         ebpf: Option<EbpfMode>,
     },
+    /// Show what the collector knows about a PID, container, cgroup or ECS task: the whole
+    /// chain from processes to where its lines went. Without an argument: every task and
+    /// container, one line each. Asks the running daemon, or reads the state database and
+    /// the host's files when none runs. Exit 0 found, 1 not found, 2 bad argument.
+    Inspect {
+        /// A PID, a container id (full or short), a container name, a cgroup id or path, a
+        /// task ARN or a task id (32 hex or UUID).
+        thing: Option<String>,
+        /// Take THING as this kind only (`1234`: a PID, a cgroup id or a short id?).
+        #[arg(long, requires = "thing", value_parser = clap::builder::PossibleValuesParser::new(KindFilter::VALUES))]
+        kind: Option<String>,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+        /// Without THING: list removed containers too.
+        #[arg(long, conflicts_with = "thing")]
+        all: bool,
+        /// Do not ask the daemon; read the state database and the host's files.
+        #[arg(long)]
+        offline: bool,
+        #[command(flatten)]
+        common: ClientArgs,
+    },
+    /// Follow the lines of a task (every container, prefixed with its name) or of one
+    /// container, live, as `docker logs -f` does for one. Needs the running daemon.
+    Tail {
+        /// A task ARN or id, or a container id, short id or name (any `inspect` argument).
+        thing: String,
+        /// Take THING as this kind only.
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(KindFilter::VALUES))]
+        kind: Option<String>,
+        /// Show the time each line was written.
+        #[arg(long, short = 't')]
+        timestamps: bool,
+        #[command(flatten)]
+        common: ClientArgs,
+    },
+}
+
+/// Options of the commands that talk to a daemon: which one (by its configuration).
+#[derive(clap::Args)]
+struct ClientArgs {
+    /// The daemon's TOML configuration (default: /etc/collector/config.toml when present).
+    #[arg(long, env = "COLLECTOR_CONFIG")]
+    config: Option<PathBuf>,
+    /// The daemon's data directory (state database, control socket).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Colour the output: auto (when a terminal and NO_COLOR is unset), always, never.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "always", "never"])]
+    color: String,
+}
+
+impl ClientArgs {
+    /// The configuration and colour choice, or the exit code for a bad configuration.
+    fn load(&self) -> Result<(Config, ColorChoice), ExitCode> {
+        let overrides = Overrides { data_dir: self.data_dir.clone() };
+        let config = Config::load(self.config.as_deref(), &overrides).map_err(|e| {
+            eprintln!("collector: {e}");
+            ExitCode::from(EXIT_BAD_ARGUMENT)
+        })?;
+        let color = match self.color.as_str() {
+            "always" => ColorChoice::Always,
+            "never" => ColorChoice::Never,
+            _ => ColorChoice::Auto,
+        };
+        Ok((config, color))
+    }
+}
+
+fn exit(outcome: Outcome) -> ExitCode {
+    ExitCode::from(match outcome {
+        Outcome::Found => EXIT_FOUND,
+        Outcome::NotFound => EXIT_NOT_FOUND,
+        Outcome::Usage => EXIT_BAD_ARGUMENT,
+    })
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Inspect { thing, kind, json, all, offline, common } => {
+            let (config, color) = match common.load() {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let kind = kind.as_deref().and_then(KindFilter::parse);
+            let args = InspectArgs { config, thing, kind, json, all, offline, color };
+            exit(collector::inspect::inspect_command(args, &mut std::io::stdout().lock(), &mut std::io::stderr().lock()))
+        }
+        Command::Tail { thing, kind, timestamps, common } => {
+            let (config, color) = match common.load() {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let kind = kind.as_deref().and_then(KindFilter::parse);
+            let args = TailArgs { config, thing, kind, timestamps, color };
+            exit(collector::inspect::tail_command(args, &mut std::io::stdout().lock(), &mut std::io::stderr().lock()))
+        }
         Command::Run { config, data_dir, print_config, log_json, ebpf } => {
             let overrides = Overrides { data_dir };
             let config = match Config::load(config.as_deref(), &overrides) {

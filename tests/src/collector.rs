@@ -306,6 +306,28 @@ impl CollectorProcess {
         Sink::new(self.data_dir.join("logs"))
     }
 
+    /// A `collector ARGS` command (e.g. `inspect`, `tail`) for this collector: its config file
+    /// or data dir, the case's environment variables, plain text (`NO_COLOR`).
+    pub fn cli<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args).stdin(Stdio::null()).env("NO_COLOR", "1");
+        // `--config FILE` or `--data-dir DIR` of `run`, without `run`'s own options.
+        if let Some(at) = self.args.iter().position(|a| a == "--config" || a == "--data-dir") {
+            cmd.args(&self.args[at..(at + 2).min(self.args.len())]);
+        }
+        for (key, _) in env::vars_os() {
+            if key.to_string_lossy().starts_with("COLLECTOR_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+
     /// The pid, while the process has not been reaped.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

@@ -23,6 +23,9 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/collector/config.toml";
 /// The default data directory: SQLite state and the local sink's files.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/collector";
 
+/// Top-level keys that `COLLECTOR_<KEY>` environment variables may set.
+const ENV_SECTIONS: &[&str] = &["data_dir", "host", "ecs", "discovery", "tail", "sinks", "control"];
+
 /// Errors while loading or validating the configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -84,6 +87,8 @@ pub struct Config {
     pub tail: TailConfig,
     /// Where records go.
     pub sinks: SinksConfig,
+    /// The control API (`collector inspect`, `collector tail`, `/metrics`).
+    pub control: ControlConfig,
 }
 
 impl Default for Config {
@@ -95,6 +100,7 @@ impl Default for Config {
             discovery: DiscoveryConfig::default(),
             tail: TailConfig::default(),
             sinks: SinksConfig::default(),
+            control: ControlConfig::default(),
         }
     }
 }
@@ -271,6 +277,25 @@ pub struct DiscardSinkConfig {
     pub enabled: bool,
 }
 
+/// The control API: HTTP on a unix socket, read by `collector inspect` and `collector tail`,
+/// and scraped for `/metrics`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// Serve the control API. Without it, `collector inspect` still answers from the state
+    /// database and the host's files, but cannot show live read positions or sink errors.
+    pub enabled: bool,
+    /// The socket; defaults to `<data_dir>/control.sock`. Created with mode 0600, so only
+    /// its owner (root) can connect: the API names every container and task on the host.
+    pub socket: Option<PathBuf>,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self { enabled: true, socket: None }
+    }
+}
+
 /// Command-line values that override everything else.
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
@@ -304,8 +329,15 @@ impl Config {
             }
             None => {}
         }
-        // COLLECTOR_CONFIG names the file itself; it is not a key.
-        fig = fig.merge(env.ignore(&["config"]));
+        // COLLECTOR_CONFIG names the file itself; it is not a key. Only variables that name a
+        // key of the configuration are read: other programs' COLLECTOR_* variables (a test
+        // harness's COLLECTOR_BIN) are not configuration. Inside a known section, an unknown
+        // key is still an error that names it.
+        fig = fig.merge(env.ignore(&["config"]).filter(|k| {
+            let first = k.as_str().split(['.', '_']).next().unwrap_or("");
+            let first = if k.as_str().to_ascii_lowercase().starts_with("data_dir") { "data_dir" } else { first };
+            ENV_SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(first))
+        }));
         if let Some(dir) = &overrides.data_dir {
             fig = fig.merge(Serialized::default("data_dir", dir));
         }
@@ -343,12 +375,23 @@ impl Config {
         if self.data_dir.as_os_str().is_empty() {
             return bad("data_dir", "must not be empty");
         }
+        if self.discovery.history_retention.is_zero() {
+            return bad("discovery.history_retention", "must be more than zero");
+        }
+        if self.control.socket.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            return bad("control.socket", "must not be empty");
+        }
         Ok(())
     }
 
     /// The local sink's root directory.
     pub fn file_sink_dir(&self) -> PathBuf {
         self.sinks.file.dir.clone().unwrap_or_else(|| self.data_dir.join("logs"))
+    }
+
+    /// The control API's socket.
+    pub fn control_socket(&self) -> PathBuf {
+        self.control.socket.clone().unwrap_or_else(|| self.data_dir.join("control.sock"))
     }
 
     /// The SQLite state file.
@@ -415,6 +458,22 @@ mod tests {
         let o = Overrides { data_dir: Some("/from/flag".into()) };
         let c = Config::load_from(Some(&path), &o, Env::prefixed("COLLECTOR_TEST_NONE_")).unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/from/flag"));
+    }
+
+    #[test]
+    fn environment_sets_known_keys_and_leaves_other_programs_variables() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("COLLECTOR_DATA_DIR", "/from/env");
+            jail.set_env("COLLECTOR_TAIL__POLL_INTERVAL", "70ms");
+            jail.set_env("COLLECTOR_BIN", "/usr/bin/collector");
+            let c = Config::load_from(None, &Overrides::default(), Env::prefixed("COLLECTOR_").split("__")).unwrap();
+            assert_eq!(c.data_dir, PathBuf::from("/from/env"));
+            assert_eq!(c.tail.poll_interval, Duration::from_millis(70));
+            jail.set_env("COLLECTOR_TAIL__POLL", "70ms");
+            let err = Config::load_from(None, &Overrides::default(), Env::prefixed("COLLECTOR_").split("__")).unwrap_err();
+            assert!(err.to_string().contains("poll"), "{err}");
+            Ok(())
+        });
     }
 
     #[test]

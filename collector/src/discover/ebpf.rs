@@ -768,12 +768,14 @@ mod imp {
                 .unwrap()
                 .trim()
                 .replace('-', "");
-            let rel = format!("/docker/{}", uuid.repeat(2));
+            // An ECS-style task cgroup of its own: nothing shared with Docker's cgroups is
+            // created or removed (`/ecs` itself may stay, as after any ECS test).
+            let rel = format!("/ecs/{uuid}/{}", uuid.repeat(2));
             let dir = v2.join(&rel[1..]);
             std::fs::create_dir_all(&dir).unwrap();
             let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&dir).unwrap());
             std::fs::remove_dir(&dir).unwrap();
-            let _ = std::fs::remove_dir(dir.parent().unwrap());
+            std::fs::remove_dir(dir.parent().unwrap()).unwrap();
             let mut reader = Reader::new("/proc".into());
             let mut out = Vec::new();
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

@@ -38,7 +38,23 @@ pub struct Counters {
     pub ebpf_events: AtomicU64,
     /// eBPF records lost in the kernel (ring buffer full).
     pub ebpf_events_dropped: AtomicU64,
+    /// Records the shipper took from the tailers (read from log files).
+    pub records_read: AtomicU64,
+    /// Log file bytes those records covered (format overhead included).
+    pub bytes_read: AtomicU64,
+    /// Bytes known lost (a file truncated before it was read).
+    pub lost_bytes: AtomicU64,
+    /// Discovery events the inventory took in, by [`DISCOVERY_EVENTS`] x [`DISCOVERY_SOURCES`].
+    pub discovery_events: [[AtomicU64; DISCOVERY_SOURCES.len()]; DISCOVERY_EVENTS.len()],
+    /// Batches a slow `collector tail` reader missed (the reader's loss, never the sinks').
+    pub tail_batches_dropped: AtomicU64,
 }
+
+/// The `event` label values of discovery events.
+pub const DISCOVERY_EVENTS: [&str; 5] = ["seen", "exited", "removed", "scan_complete", "process_exited"];
+
+/// The `source` label values of discovery events (`DiscoverySource::as_str`).
+pub const DISCOVERY_SOURCES: [&str; 5] = ["procfs", "cgroupfs", "docker_root", "docker_api", "ebpf"];
 
 /// The counters.
 pub static COUNTERS: Counters = Counters {
@@ -53,6 +69,11 @@ pub static COUNTERS: Counters = Counters {
     identify_errors: AtomicU64::new(0),
     ebpf_events: AtomicU64::new(0),
     ebpf_events_dropped: AtomicU64::new(0),
+    records_read: AtomicU64::new(0),
+    bytes_read: AtomicU64::new(0),
+    lost_bytes: AtomicU64::new(0),
+    discovery_events: [const { [const { AtomicU64::new(0) }; DISCOVERY_SOURCES.len()] }; DISCOVERY_EVENTS.len()],
+    tail_batches_dropped: AtomicU64::new(0),
 };
 
 fn inc(c: &AtomicU64, n: u64) {
@@ -224,6 +245,60 @@ impl EbpfEventsDropped {
     pub fn emit(self) {
         inc(&COUNTERS.ebpf_events_dropped, self.count);
         warn!(count = self.count, total = self.total, "eBPF records dropped (ring buffer full); the rescan repairs discovery.");
+    }
+}
+
+/// The shipper took a batch from the tailers (counted by the control API's read tap).
+pub struct BatchRead {
+    /// Records.
+    pub records: u64,
+    /// Log file bytes covered.
+    pub bytes: u64,
+    /// Bytes the tailer knows were lost before it could read them.
+    pub lost_bytes: u64,
+}
+
+impl BatchRead {
+    /// Counts (no log: per batch, hot).
+    pub fn emit(self) {
+        inc(&COUNTERS.records_read, self.records);
+        inc(&COUNTERS.bytes_read, self.bytes);
+        if self.lost_bytes > 0 {
+            inc(&COUNTERS.lost_bytes, self.lost_bytes);
+        }
+    }
+}
+
+/// The inventory took in a discovery event.
+pub struct DiscoveryEventReceived {
+    /// One of [`DISCOVERY_EVENTS`].
+    pub event: &'static str,
+    /// One of [`DISCOVERY_SOURCES`].
+    pub source: &'static str,
+}
+
+impl DiscoveryEventReceived {
+    /// Counts (no log: the inventory logs what matters).
+    pub fn emit(self) {
+        let e = DISCOVERY_EVENTS.iter().position(|&n| n == self.event);
+        let s = DISCOVERY_SOURCES.iter().position(|&n| n == self.source);
+        if let (Some(e), Some(s)) = (e, s) {
+            inc(&COUNTERS.discovery_events[e][s], 1);
+        }
+    }
+}
+
+/// A `collector tail` reader fell behind and missed batches.
+pub struct TailBatchesDropped {
+    /// How many.
+    pub batches: u64,
+}
+
+impl TailBatchesDropped {
+    /// Logs and counts.
+    pub fn emit(self) {
+        inc(&COUNTERS.tail_batches_dropped, self.batches);
+        debug!(batches = self.batches, "A collector tail reader fell behind; batches skipped for it.");
     }
 }
 

@@ -27,7 +27,7 @@ impl Lifecycle {
         }
     }
 
-    fn parse(s: &str) -> Self {
+    pub(super) fn parse(s: &str) -> Self {
         match s {
             "exited" => Self::Exited,
             "removed" => Self::Removed,
@@ -66,6 +66,57 @@ pub struct ContainerRecord {
     pub death_source: Option<DeathSource>,
     /// The discovery source that saw it first (`ebpf`, `cgroupfs`, `docker_root`, ...).
     pub discovered_via: Option<String>,
+    /// Last time anything about it was recorded (ms since epoch).
+    pub last_seen_ms: i64,
+    /// The last PID seen in it, kept after it exits so an old PID (a kernel log line, an
+    /// OOM report) still names its container.
+    pub last_pid: Option<i32>,
+    /// Docker's `State.StartedAt` of the last run (RFC 3339).
+    pub started_at: Option<String>,
+    /// Docker's `State.FinishedAt` of the last run (RFC 3339, as Docker wrote it).
+    pub finished_at: Option<String>,
+}
+
+/// The columns [`ContainerRecord`] is read from, for a file of schema `version`: a read-only
+/// handle may look at an older file, which lacks the newer columns (read as `NULL`).
+pub(super) fn record_columns(version: i64) -> String {
+    let v2 = "exit_signal, oom_victim_pid, exit_pid, died_ms, death_source, discovered_via";
+    let v3 = "last_pid, started_at, finished_at";
+    format!(
+        "identity, lifecycle, exit_code, oom_killed, first_seen_ms, exited_ms, removed_ms, last_seen_ms, {}, {}",
+        if version >= 2 { v2 } else { "NULL, NULL, NULL, NULL, NULL, NULL" },
+        if version >= 3 { v3 } else { "NULL, NULL, NULL" },
+    )
+}
+
+/// Decodes a row selected with [`record_columns`].
+pub(super) fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<ContainerRecord, StateError>> {
+    let json: String = r.get(0)?;
+    let lifecycle: String = r.get(1)?;
+    let death_source: Option<String> = r.get(12)?;
+    let identity = match serde_json::from_str(&json) {
+        Ok(identity) => identity,
+        Err(source) => return Ok(Err(StateError::Decode { what: "identity", source })),
+    };
+    Ok(Ok(ContainerRecord {
+        identity,
+        lifecycle: Lifecycle::parse(&lifecycle),
+        exit_code: r.get(2)?,
+        oom_killed: r.get(3)?,
+        first_seen_ms: r.get(4)?,
+        exited_ms: r.get(5)?,
+        removed_ms: r.get(6)?,
+        last_seen_ms: r.get(7)?,
+        exit_signal: r.get(8)?,
+        oom_victim_pid: r.get(9)?,
+        exit_pid: r.get(10)?,
+        died_ms: r.get(11)?,
+        death_source: death_source.as_deref().and_then(DeathSource::parse),
+        discovered_via: r.get(13)?,
+        last_pid: r.get(14)?,
+        started_at: r.get(15)?,
+        finished_at: r.get(16)?,
+    }))
 }
 
 /// Who reported a container's death.
@@ -235,54 +286,33 @@ impl Store {
     /// The read failed or the stored identity does not decode.
     pub fn container(&self, container_id: &str) -> Result<Option<ContainerRecord>, StateError> {
         let q = |source| StateError::Query { operation: "read container", source };
-        let row = self
-            .lock()
-            .query_row(
-                "SELECT identity, lifecycle, exit_code, oom_killed, first_seen_ms, exited_ms, removed_ms,
-                    exit_signal, oom_victim_pid, exit_pid, died_ms, death_source, discovered_via
-                 FROM containers WHERE container_id = ?1",
-                [container_id],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, Option<i64>>(2)?,
-                        r.get::<_, Option<bool>>(3)?,
-                        r.get::<_, i64>(4)?,
-                        r.get::<_, Option<i64>>(5)?,
-                        r.get::<_, Option<i64>>(6)?,
-                        (
-                            r.get::<_, Option<i32>>(7)?,
-                            r.get::<_, Option<i32>>(8)?,
-                            r.get::<_, Option<i32>>(9)?,
-                            r.get::<_, Option<i64>>(10)?,
-                            r.get::<_, Option<String>>(11)?,
-                            r.get::<_, Option<String>>(12)?,
-                        ),
-                    ))
-                },
+        let sql = format!("SELECT {} FROM containers WHERE container_id = ?1", record_columns(self.version));
+        let row = self.lock().query_row(&sql, [container_id], record_from_row).optional().map_err(q)?;
+        row.transpose()
+    }
+
+    /// Records what Docker said about a container's last run: its PID (kept after exit) and
+    /// start and finish times. Unknown values leave what is stored.
+    ///
+    /// # Errors
+    /// The write failed.
+    pub fn record_run(
+        &self,
+        container_id: &str,
+        pid: Option<i32>,
+        started_at: Option<&str>,
+        finished_at: Option<&str>,
+    ) -> Result<(), StateError> {
+        let q = |source| StateError::Query { operation: "record container run", source };
+        self.lock()
+            .execute(
+                "UPDATE containers SET last_pid = coalesce(?2, last_pid),
+                    started_at = coalesce(?3, started_at), finished_at = coalesce(?4, finished_at)
+                 WHERE container_id = ?1",
+                params![container_id, pid, started_at, finished_at],
             )
-            .optional()
             .map_err(q)?;
-        let Some((json, lifecycle, exit_code, oom_killed, first_seen_ms, exited_ms, removed_ms, death)) = row else {
-            return Ok(None);
-        };
-        let identity = serde_json::from_str(&json).map_err(|source| StateError::Decode { what: "identity", source })?;
-        Ok(Some(ContainerRecord {
-            identity,
-            lifecycle: Lifecycle::parse(&lifecycle),
-            exit_code,
-            oom_killed,
-            first_seen_ms,
-            exited_ms,
-            removed_ms,
-            exit_signal: death.0,
-            oom_victim_pid: death.1,
-            exit_pid: death.2,
-            died_ms: death.3,
-            death_source: death.4.as_deref().and_then(DeathSource::parse),
-            discovered_via: death.5,
-        }))
+        Ok(())
     }
 
     /// Forgets containers removed longer ago than `retention_ms`, with their sources and
@@ -327,8 +357,13 @@ mod tests {
         id.ecs = Some(EcsTask { task_id: TaskId::parse(&"b".repeat(32)), ..Default::default() });
         s.record_container(&id, Lifecycle::Running, None, None).unwrap();
         s.record_container(&id, Lifecycle::Exited, Some(137), Some(true)).unwrap();
+        s.record_run(&"a".repeat(64), Some(4242), Some("2026-01-01T00:00:00Z"), None).unwrap();
+        s.record_run(&"a".repeat(64), None, None, Some("2026-01-01T00:00:09Z")).unwrap();
         s.record_container(&id, Lifecycle::Removed, None, None).unwrap();
         let r = s.container(&"a".repeat(64)).unwrap().unwrap();
+        assert_eq!(r.last_pid, Some(4242));
+        assert_eq!(r.started_at.as_deref(), Some("2026-01-01T00:00:00Z"));
+        assert_eq!(r.finished_at.as_deref(), Some("2026-01-01T00:00:09Z"));
         assert_eq!(r.lifecycle, Lifecycle::Removed);
         assert_eq!(r.exit_code, Some(137));
         assert_eq!(r.oom_killed, Some(true));

@@ -11,6 +11,7 @@
 
 mod checkpoint;
 mod history;
+mod query;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,9 +20,10 @@ use rusqlite::Connection;
 
 pub use checkpoint::{Checkpoint, CheckpointUpdate, SourceCounters};
 pub use history::{ContainerRecord, Death, DeathSource, Lifecycle};
+pub use query::{ContainerMatch, SourceRecord};
 
 /// The schema version this build writes. Migrations below upgrade older files.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Errors from the state database.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +78,8 @@ pub enum StateError {
 #[derive(Clone)]
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
+    /// Schema version of the file (read-only handles do not migrate).
+    version: i64,
 }
 
 impl std::fmt::Debug for Store {
@@ -108,13 +112,27 @@ impl Store {
         if version > SCHEMA_VERSION {
             return Err(StateError::NewerSchema { path: path.to_owned(), found: version });
         }
-        if version < 1 {
-            conn.execute_batch(MIGRATION_1).map_err(open_err)?;
+        migrate(&conn, version).map_err(open_err)?;
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), version: SCHEMA_VERSION })
+    }
+
+    /// Opens an existing database read-only, for `collector inspect` and the control API:
+    /// a second connection, so questions never wait on the daemon's writer (WAL lets readers
+    /// and one writer work at once), and nothing is migrated or created.
+    ///
+    /// # Errors
+    /// The file does not exist or is not a database, or it was written by a newer version.
+    pub fn open_read_only(path: &Path) -> Result<Self, StateError> {
+        use rusqlite::OpenFlags;
+        let open_err = |source| StateError::Open { path: path.to_owned(), source };
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .map_err(open_err)?;
+        conn.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;").map_err(open_err)?;
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(open_err)?;
+        if version > SCHEMA_VERSION {
+            return Err(StateError::NewerSchema { path: path.to_owned(), found: version });
         }
-        if version < 2 {
-            conn.execute_batch(MIGRATION_2).map_err(open_err)?;
-        }
-        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), version })
     }
 
     /// An in-memory database, for tests.
@@ -124,11 +142,14 @@ impl Store {
     pub fn in_memory() -> Result<Self, StateError> {
         let conn = Connection::open_in_memory()
             .map_err(|source| StateError::Open { path: ":memory:".into(), source })?;
-        conn.execute_batch(MIGRATION_1)
-            .map_err(|source| StateError::Open { path: ":memory:".into(), source })?;
-        conn.execute_batch(MIGRATION_2)
-            .map_err(|source| StateError::Open { path: ":memory:".into(), source })?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
+        migrate(&conn, 0).map_err(|source| StateError::Open { path: ":memory:".into(), source })?;
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), version: SCHEMA_VERSION })
+    }
+
+    /// The schema version of the file: a read-only handle may look at an older file whose
+    /// tables lack the newer columns.
+    pub fn schema_version(&self) -> i64 {
+        self.version
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
@@ -136,6 +157,20 @@ impl Store {
         // open transaction when the statement is dropped), so poisoning is not fatal here.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Brings a database at `version` up to [`SCHEMA_VERSION`], one migration at a time.
+fn migrate(conn: &Connection, version: i64) -> Result<(), rusqlite::Error> {
+    if version < 1 {
+        conn.execute_batch(MIGRATION_1)?;
+    }
+    if version < 2 {
+        conn.execute_batch(MIGRATION_2)?;
+    }
+    if version < 3 {
+        conn.execute_batch(MIGRATION_3)?;
+    }
+    Ok(())
 }
 
 /// Version 1: checkpoints, source counters, container history.
@@ -201,6 +236,20 @@ PRAGMA user_version = 2;
 COMMIT;
 ";
 
+/// Version 3: what `collector inspect` shows after Docker forgot a container: the last PID
+/// seen in it (to answer "which container was PID n?", also without eBPF) and Docker's own
+/// start and finish times, as Docker wrote them.
+const MIGRATION_3: &str = "
+BEGIN;
+ALTER TABLE containers ADD COLUMN last_pid    INTEGER;  -- last PID seen in it (its init process)
+ALTER TABLE containers ADD COLUMN started_at  TEXT;     -- RFC 3339, Docker's State.StartedAt
+ALTER TABLE containers ADD COLUMN finished_at TEXT;     -- RFC 3339, Docker's State.FinishedAt
+CREATE INDEX IF NOT EXISTS containers_name ON containers (docker_name);
+CREATE INDEX IF NOT EXISTS containers_pid ON containers (last_pid);
+PRAGMA user_version = 3;
+COMMIT;
+";
+
 /// Milliseconds since the Unix epoch, for timestamps in the database.
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -258,6 +307,33 @@ mod tests {
         let path = dir.path().join("state.db");
         Store::open(&path).unwrap().lock().execute_batch("PRAGMA user_version = 99").unwrap();
         assert!(matches!(Store::open(&path), Err(StateError::NewerSchema { found: 99, .. })));
+    }
+
+    #[test]
+    fn version_1_files_are_migrated_and_read_only_handles_see_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATION_1).unwrap();
+        }
+        let ro = Store::open_read_only(&path).unwrap();
+        assert_eq!(ro.schema_version(), 1);
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.schema_version(), SCHEMA_VERSION);
+        let n: i64 = s.lock().query_row("SELECT count(last_pid) FROM containers", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 0);
+        let ro = Store::open_read_only(&path).unwrap();
+        assert_eq!(ro.schema_version(), SCHEMA_VERSION);
+        assert!(ro.lock().execute("DELETE FROM containers", []).is_err(), "read-only handle wrote");
+    }
+
+    #[test]
+    fn read_only_open_of_a_missing_file_fails_and_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        assert!(Store::open_read_only(&path).is_err());
+        assert!(!path.exists());
     }
 
     #[test]

@@ -57,6 +57,9 @@ const MAX_BATCH_RECORDS: usize = 8192;
 /// while bounding what one fast file holds when the sinks are slower.
 pub const MAX_BUFFERS_IN_FLIGHT: usize = 16;
 
+/// How often a source with a rotation guard still scans rotated names.
+const NAME_SCAN_WITH_GUARD: Duration = Duration::from_secs(1);
+
 /// Highest rotated suffix looked at (`path.1` .. `path.N`).
 const MAX_ROTATED_SIBLINGS: u32 = 64;
 
@@ -98,6 +101,15 @@ struct OpenFile {
     path: PathBuf,
     fp: Fingerprint,
     framer: LineFramer,
+    /// Size and change times when the head was last found unchanged: while they stay the
+    /// same, nothing was written and the head is not read again (a quiet file costs one
+    /// `fstat` per pass, not a read and a hash).
+    head_checked: Option<(u64, i64, i64, i64, i64)>,
+}
+
+/// The size and modification and change times of a file, to tell whether it was written.
+fn stamp(meta: &std::fs::Metadata) -> (u64, i64, i64, i64, i64) {
+    (meta.len(), meta.mtime(), meta.mtime_nsec(), meta.ctime(), meta.ctime_nsec())
 }
 
 /// The tailer's state for one source.
@@ -117,6 +129,8 @@ pub struct Tailer {
     counters: SourceCounters,
     /// The position last sent: tells whether a pass moved the checkpoint.
     last_sent_offset: Option<(Fingerprint, u64)>,
+    /// When rotated names were last scanned.
+    last_name_scan: Instant,
     /// A file just finished whose final position the next batch acknowledges.
     finished_file: Option<(Fingerprint, PathBuf, u64)>,
 }
@@ -142,9 +156,12 @@ impl Tailer {
             counters: SourceCounters::default(),
             last_sent_offset: None,
             finished_file: None,
+            last_name_scan: Instant::now(),
         };
         t.open_initial(&checkpoints);
         t.current = t.queue.pop_front();
+        // Bytes before the starting offset were counted by an earlier run.
+        t.last_sent_offset = t.current.as_ref().map(|c| (c.fp, c.framer.offset_committed()));
         Ok(t)
     }
 
@@ -208,7 +225,7 @@ impl Tailer {
                     return;
                 }
                 let framer = LineFramer::with_pool(offset, self.pool.clone(), self.spec.format.max_frame_bytes(self.settings.max_line_bytes));
-                self.queue.push_back(OpenFile { file, path, fp, framer });
+                self.queue.push_back(OpenFile { file, path, fp, framer, head_checked: None });
             }
             Err(e) => debug!(path = %path.display(), error = %e, "File vanished before it could be read."),
         }
@@ -247,6 +264,14 @@ impl Tailer {
             }
             self.push_file(file, self.spec.path.clone(), 0);
         }
+        // With the guard, its deliveries are the order of creation; a name scan racing it
+        // could queue a newer file before an older one the guard still holds. The scan is
+        // the fallback for sources without a guard.
+        // A scan every second still repairs what the guard missed (its queue overflowed).
+        if self.spec.new_files.is_some() && self.current.is_some() && self.last_name_scan.elapsed() < NAME_SCAN_WITH_GUARD {
+            return;
+        }
+        self.last_name_scan = Instant::now();
         let chain = list_chain(&self.spec.path);
         let newest_held = chain.iter().rposition(|&(_, dev, ino)| {
             self.current.iter().chain(self.queue.iter()).any(|f| f.fp.same_inode(dev, ino))
@@ -279,7 +304,7 @@ impl Tailer {
     pub async fn run(mut self, shutdown: CancellationToken) -> TailOutcome {
         let mut idle = Duration::from_millis(5);
         let mut quiet_since: Option<Instant> = None;
-        let mut records = LogRecords::with_pool(256, self.pool.clone());
+        let mut records = LogRecords::with_pool(0, self.pool.clone());
         loop {
             if shutdown.is_cancelled() {
                 return TailOutcome::Cancelled;
@@ -423,16 +448,22 @@ impl Tailer {
         let Some(cur) = self.current.as_mut() else { return };
         let Ok(meta) = cur.file.metadata() else { return };
         let offset = cur.framer.read_offset();
+        let unchanged = cur.head_checked == Some(stamp(&meta));
         // Shrunk below what we read: truncated. Same size or larger but a different head:
         // truncated and already written again before we looked (copytruncate under load).
-        if meta.len() < offset || (cur.fp.head_len > 0 && !cur.fp.matches(&cur.file)) {
+        let truncated = meta.len() < offset || (cur.fp.head_len > 0 && !unchanged && !cur.fp.matches(&cur.file));
+        if !truncated {
+            cur.head_checked = Some(stamp(&meta));
+        }
+        if truncated {
+            cur.head_checked = None;
             self.counters.truncations += 1;
             internal_events::LogFileTruncated { source: &self.spec.info.key, path: &cur.path, size: meta.len(), offset }.emit();
             // The descriptor still names the same inode, wherever it was renamed to since.
             if io::Seek::seek(&mut cur.file, io::SeekFrom::Start(0)).is_err() {
                 return;
             }
-            cur.framer = LineFramer::new(0, self.settings.read_bytes, self.spec.format.max_frame_bytes(self.settings.max_line_bytes));
+            cur.framer = LineFramer::with_pool(0, self.pool.clone(), self.spec.format.max_frame_bytes(self.settings.max_line_bytes));
             self.decoder = Decoder::new(self.spec.format, self.settings.max_line_bytes);
             if let Ok(fp) = Fingerprint::of(&cur.file, u64::MAX) {
                 cur.fp = fp;
@@ -489,7 +520,9 @@ impl Tailer {
         let batch = Batch {
             source: self.spec.info.clone(),
             identity: self.spec.identity.borrow().clone(),
-            records: std::mem::replace(records, LogRecords::with_pool(256, self.pool.clone())),
+            // The next batch is likely the size of this one: a busy file's batches do not
+            // reallocate as they fill, a quiet file's (a thousand of them) hold no spare room.
+            records: std::mem::replace(records, LogRecords::with_pool(records.len(), self.pool.clone())),
             ack: CheckpointUpdate {
                 source: self.spec.info.key.clone(),
                 container_id: self.spec.info.container_id.to_string(),
@@ -530,6 +563,11 @@ fn read_pass(
     let mut total = 0;
     // What fstat says is left sizes the reads: a quiet file gets small buffers.
     let size = cur.file.metadata().map_or(u64::MAX, |m| m.len());
+    if size <= cur.framer.read_offset() {
+        // Nothing new: end of file without a read. Sound for rotation too: a writer's last
+        // write to a file comes before it creates the next one, which we saw before this.
+        return ReadPass { bytes: 0, eof: true };
+    }
     loop {
         let expected = usize::try_from(size.saturating_sub(cur.framer.read_offset())).unwrap_or(usize::MAX);
         let n = match cur.framer.read_at_most(&mut cur.file, expected) {
@@ -604,16 +642,46 @@ fn list_chain(path: &Path) -> Vec<(PathBuf, u64, u64)> {
     chain
 }
 
-/// Opens the file chain, oldest first (see [`list_chain`]).
+/// Opens the file chain and returns it oldest first.
+///
+/// Files are opened newest first (`x.log`, then `x.log.1`, ...), by name, without trusting
+/// an earlier `stat`: a rotation in the middle only moves files to older names, so the file
+/// that was newest when this started is still found (at `x.log` or further down), and each
+/// file of the chain is opened at least once across the passes made between two rotations.
+/// Duplicates (a file seen under two names as it moved) keep their oldest position.
 pub(super) fn open_chain(path: &Path) -> Vec<(File, PathBuf)> {
-    list_chain(path)
-        .into_iter()
-        .filter_map(|(p, _, ino)| {
-            let f = File::open(&p).ok()?;
-            f.metadata().ok().filter(|m| m.ino() == ino)?;
-            Some((f, p))
-        })
-        .collect()
+    let mut newest_first: Vec<(File, PathBuf, u64, u64)> = Vec::new();
+    let mut push = |p: PathBuf| {
+        let Ok(f) = File::open(&p) else { return false };
+        let Ok(m) = f.metadata() else { return false };
+        if !m.is_file() {
+            return false;
+        }
+        newest_first.push((f, p, m.dev(), m.ino()));
+        true
+    };
+    push(path.to_owned());
+    let mut missing = 0;
+    for i in 1..=MAX_ROTATED_SIBLINGS {
+        if push(rotated_name(path, i)) {
+            missing = 0;
+        } else {
+            // Docker numbers rotated files without gaps; tolerate one for renames in flight.
+            missing += 1;
+            if missing >= 2 {
+                break;
+            }
+        }
+    }
+    let mut oldest_first: Vec<(File, PathBuf)> = Vec::with_capacity(newest_first.len());
+    let mut seen: Vec<(u64, u64)> = Vec::with_capacity(newest_first.len());
+    for (f, p, dev, ino) in newest_first.into_iter().rev() {
+        if !seen.contains(&(dev, ino)) {
+            seen.push((dev, ino));
+            oldest_first.push((f, p));
+        }
+    }
+    oldest_first
 }
 
 fn rotated_name(path: &Path, i: u32) -> PathBuf {

@@ -12,6 +12,7 @@ mod corrupt_input;
 mod docker_unreachable;
 mod ebpf;
 mod ecs_identity;
+mod inspect;
 mod kill_restart;
 mod long_line;
 mod no_config;

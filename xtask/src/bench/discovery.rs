@@ -2,7 +2,7 @@
 //! its first line in the local sink, without eBPF.
 //!
 //! The collector runs against this host's real Docker root, procfs, cgroupfs and socket (so
-//! every discovery source is live). Containers of the test image are started one after
+//! every discovery source but eBPF, which the target excludes, is live). Containers of the test image are started one after
 //! another with `docker run -d IMAGE echo <marker>`; for each we poll the local sink for the
 //! marker every millisecond. Two latencies are taken:
 //! - from the time Docker stamped on the line (its json-file `time`, which the local sink
@@ -58,7 +58,7 @@ pub(crate) fn run(plan: &Plan, report: &mut Report) -> Result<()> {
     fs::write(
         &config,
         format!(
-            "data_dir = {:?}\n\n[host]\ndocker_root = {:?}\n",
+            "data_dir = {:?}\n\n[host]\ndocker_root = {:?}\n\n[discovery]\nebpf = \"off\"\n",
             data.display().to_string(),
             docker_root
         ),

@@ -131,9 +131,13 @@ pub(crate) fn query_count(db: &Path, sql: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Lines the collector has delivered (acknowledged by every sink), from its state.
+/// Lines of container output (`<container id>/json` sources, not the collector's own
+/// lifecycle records) the collector has delivered, acknowledged by every sink, from its state.
 pub(crate) fn delivered_lines(db: &Path) -> u64 {
-    query_count(db, "SELECT coalesce(sum(lines), 0) FROM sources")
+    query_count(
+        db,
+        "SELECT coalesce(sum(lines), 0) FROM sources WHERE source LIKE '%/json'",
+    )
 }
 
 /// How a wait for completion ended.

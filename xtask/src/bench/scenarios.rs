@@ -2,8 +2,9 @@
 //! containers at once, and idle containers.
 //!
 //! Each run gets a fresh data directory and a configuration that points the collector at
-//! the generated Docker root, with empty procfs and cgroupfs roots, no Docker socket and no
-//! Docker events: discovery is the Docker root's own scan and inotify watch. Completion is
+//! the generated Docker root, with empty procfs and cgroupfs roots, no Docker socket, no
+//! Docker events and no eBPF (which would watch this real host's processes): discovery is the
+//! Docker root's own scan and inotify watch. Completion is
 //! the collector's delivered count in its `state.db` reaching the number of lines written.
 
 use std::fs::{self, File};
@@ -250,7 +251,7 @@ fn collector_config(data: &Path, empty: &Path, docker_root: &Path, sink: Sink) -
             "data_dir = {data:?}\n\n",
             "[host]\nprocfs_root = {empty:?}\ncgroupfs_root = {empty:?}\n",
             "docker_root = {docker:?}\ndocker_socket = {socket:?}\n\n",
-            "[discovery]\ndocker_events = false\ncgroup_inotify = false\n\n",
+            "[discovery]\ndocker_events = false\ncgroup_inotify = false\nebpf = \"off\"\n\n",
             "{sinks}"
         ),
         data = data.display().to_string(),
