@@ -93,19 +93,30 @@ impl ValueFormatter for CpuFormatter {
         unit
     }
 
-    fn scale_throughputs(&self, _typical: f64, throughput: &Throughput, values: &mut [f64]) -> &'static str {
+    fn scale_throughputs(
+        &self,
+        _typical: f64,
+        throughput: &Throughput,
+        values: &mut [f64],
+    ) -> &'static str {
         let per_cpu_second = |n: f64, v: f64| n * 1e9 / v;
         match *throughput {
             Throughput::Bytes(n) | Throughput::BytesDecimal(n) => {
-                values.iter_mut().for_each(|v| *v = per_cpu_second(n as f64, *v) / (1u64 << 30) as f64);
+                values
+                    .iter_mut()
+                    .for_each(|v| *v = per_cpu_second(n as f64, *v) / (1u64 << 30) as f64);
                 "GiB/CPU-s"
             }
             Throughput::Elements(n) => {
-                values.iter_mut().for_each(|v| *v = per_cpu_second(n as f64, *v));
+                values
+                    .iter_mut()
+                    .for_each(|v| *v = per_cpu_second(n as f64, *v));
                 "elem/CPU-s"
             }
             Throughput::Bits(n) => {
-                values.iter_mut().for_each(|v| *v = per_cpu_second(n as f64, *v));
+                values
+                    .iter_mut()
+                    .for_each(|v| *v = per_cpu_second(n as f64, *v));
                 "bit/CPU-s"
             }
         }

@@ -29,7 +29,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::control::{ControlError, ControlServer, ControlState, CountingSink, DeliveryTap, InventoryView, ReadTap, TAIL_CHANNEL_BATCHES};
+use crate::control::{
+    ControlError, ControlServer, ControlState, CountingSink, DeliveryTap, InventoryView, ReadTap,
+    TAIL_CHANNEL_BATCHES,
+};
 use crate::discover::cgroupfs::{CgroupWatcher, scan_cgroupfs};
 use crate::discover::docker_api::DockerApi;
 use crate::discover::docker_root::{DockerRootWatcher, scan_docker_root};
@@ -94,8 +97,10 @@ impl App {
     /// retried or skipped and counted.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), AppError> {
         let config = self.config;
-        std::fs::create_dir_all(&config.data_dir)
-            .map_err(|source| AppError::CreateDir { path: config.data_dir.clone(), source })?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| AppError::CreateDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
         let store = Store::open(&config.state_path())?;
         let layout = match cgroup::detect_layout(&config.host.cgroupfs_root) {
             Ok(l) => {
@@ -118,7 +123,10 @@ impl App {
         if config.sinks.file.enabled {
             let dir = config.file_sink_dir();
             info!(dir = %dir.display(), "Local directory sink enabled.");
-            let sink = CountingSink::new(Box::new(FileSink::new(dir.clone())), dir.display().to_string());
+            let sink = CountingSink::new(
+                Box::new(FileSink::new(dir.clone())),
+                dir.display().to_string(),
+            );
             sink_stats.push(sink.stats());
             sinks.push(Box::new(sink));
         }
@@ -130,7 +138,13 @@ impl App {
         sinks.push(Box::new(DeliveryTap::new(view.clone(), tail_tx.clone())));
         // Bound before anything runs: a second daemon on this data directory stops here.
         let control = if config.control.enabled {
-            let state = ControlState::new(config.clone(), layout.clone(), view.clone(), sink_stats, tail_tx);
+            let state = ControlState::new(
+                config.clone(),
+                layout.clone(),
+                view.clone(),
+                sink_stats,
+                tail_tx,
+            );
             Some(ControlServer::bind(&config.control_socket(), state)?)
         } else {
             None
@@ -142,7 +156,10 @@ impl App {
         let shipper = Shipper::new(
             sinks,
             store.clone(),
-            ShipperSettings { sync_interval: config.sinks.file.sync_interval, max_batches_per_commit: 64 },
+            ShipperSettings {
+                sync_interval: config.sinks.file.sync_interval,
+                max_batches_per_commit: 64,
+            },
         );
         let shipper_task = tokio::spawn(shipper.run(batch_rx, shipper_abort.clone()));
 
@@ -150,7 +167,11 @@ impl App {
         let tail_stop = CancellationToken::new();
         let (event_tx, event_rx) = mpsc::channel::<ContainerEvent>(EVENT_CHANNEL);
         let docker = DockerApi::new(config.host.docker_socket.clone());
-        let agent = Arc::new(EcsAgentClient::try_new(config.ecs.agent_uri.clone(), config.ecs.agent_timeout, config.ecs.cache_ttl)?);
+        let agent = Arc::new(EcsAgentClient::try_new(
+            config.ecs.agent_uri.clone(),
+            config.ecs.agent_timeout,
+            config.ecs.cache_ttl,
+        )?);
 
         let mut discovery = tokio::task::JoinSet::new();
         if config.discovery.docker_root_inotify {
@@ -177,17 +198,39 @@ impl App {
             let (d, tx, stop) = (docker.clone(), event_tx.clone(), discovery_stop.clone());
             discovery.spawn(async move { d.run_events(tx, stop).await });
         }
-        discovery.spawn(rescan_loop(config.clone(), layout.clone(), event_tx.clone(), discovery_stop.clone()));
+        discovery.spawn(rescan_loop(
+            config.clone(),
+            layout.clone(),
+            event_tx.clone(),
+            discovery_stop.clone(),
+        ));
         let retention = config.discovery.history_retention;
         let every = (retention / 4).clamp(EXPIRE_INTERVAL_MIN, EXPIRE_INTERVAL_MAX);
-        discovery.spawn(expire_loop(store.clone(), view.clone(), retention, every, discovery_stop.clone()));
+        discovery.spawn(expire_loop(
+            store.clone(),
+            view.clone(),
+            retention,
+            every,
+            discovery_stop.clone(),
+        ));
         let ebpf_tx = event_tx.clone();
         drop(event_tx);
 
-        let ebpf_settings =
-            EbpfSettings { mode: config.discovery.ebpf, procfs_root: config.host.procfs_root.clone(), layout: layout.clone() };
-        let inventory =
-            Inventory::new(config.clone(), store.clone(), layout, docker, agent, batch_tx, tail_stop.clone()).with_view(view.clone());
+        let ebpf_settings = EbpfSettings {
+            mode: config.discovery.ebpf,
+            procfs_root: config.host.procfs_root.clone(),
+            layout: layout.clone(),
+        };
+        let inventory = Inventory::new(
+            config.clone(),
+            store.clone(),
+            layout,
+            docker,
+            agent,
+            batch_tx,
+            tail_stop.clone(),
+        )
+        .with_view(view.clone());
         let inventory_stop = CancellationToken::new();
         let inventory_task = tokio::spawn(inventory.run(event_rx, inventory_stop.clone()));
 
@@ -211,7 +254,9 @@ impl App {
         let abort = shipper_abort.clone();
         let deadline = tokio::spawn(async move {
             tokio::time::sleep(DRAIN_DEADLINE).await;
-            warn!("Drain deadline passed; undelivered batches will be read again at the next start.");
+            warn!(
+                "Drain deadline passed; undelivered batches will be read again at the next start."
+            );
             abort.cancel();
         });
         if shipper_task.await.is_err() {
@@ -237,7 +282,13 @@ const EXPIRE_INTERVAL_MAX: Duration = Duration::from_secs(600);
 
 /// Forgets containers removed longer than `retention` ago, from the history (with their
 /// sources and checkpoints) and from the control API's view, at start and every `every`.
-async fn expire_loop(store: Store, view: InventoryView, retention: Duration, every: Duration, stop: CancellationToken) {
+async fn expire_loop(
+    store: Store,
+    view: InventoryView,
+    retention: Duration,
+    every: Duration,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
@@ -249,8 +300,13 @@ async fn expire_loop(store: Store, view: InventoryView, retention: Duration, eve
         let s = store.clone();
         match tokio::task::spawn_blocking(move || s.expire_history(retention_ms)).await {
             Ok(Ok(0)) => {}
-            Ok(Ok(n)) => info!(containers = n, "Forgot containers removed longer ago than the history retention."),
-            Ok(Err(e)) => warn!(error = %crate::internal_events::chain(&e), "History expiry failed; retrying later."),
+            Ok(Ok(n)) => info!(
+                containers = n,
+                "Forgot containers removed longer ago than the history retention."
+            ),
+            Ok(Err(e)) => {
+                warn!(error = %crate::internal_events::chain(&e), "History expiry failed; retrying later.")
+            }
             Err(_) => warn!("History expiry task panicked; this is a bug."),
         }
         if let Some(cutoff) = std::time::SystemTime::now().checked_sub(retention) {
@@ -261,7 +317,12 @@ async fn expire_loop(store: Store, view: InventoryView, retention: Duration, eve
 
 /// Full scans of procfs, cgroupfs and the Docker root at start and every `rescan_interval`:
 /// the repair path for anything the watchers missed.
-async fn rescan_loop(config: Config, layout: Option<CgroupLayout>, tx: mpsc::Sender<ContainerEvent>, stop: CancellationToken) {
+async fn rescan_loop(
+    config: Config,
+    layout: Option<CgroupLayout>,
+    tx: mpsc::Sender<ContainerEvent>,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(config.discovery.rescan_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -269,8 +330,11 @@ async fn rescan_loop(config: Config, layout: Option<CgroupLayout>, tx: mpsc::Sen
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let (procfs_root, docker_root, layout) =
-            (config.host.procfs_root.clone(), config.host.docker_root.clone(), layout.clone());
+        let (procfs_root, docker_root, layout) = (
+            config.host.procfs_root.clone(),
+            config.host.docker_root.clone(),
+            layout.clone(),
+        );
         // A failed scan sends no ScanComplete: an empty result must never read as "every
         // container is gone".
         let scans = tokio::task::spawn_blocking(move || {
@@ -278,7 +342,9 @@ async fn rescan_loop(config: Config, layout: Option<CgroupLayout>, tx: mpsc::Sen
             match scan_procfs(&procfs_root) {
                 Ok(found) => {
                     events.extend(found.into_iter().map(ContainerEvent::Seen));
-                    events.push(ContainerEvent::ScanComplete { source: DiscoverySource::Procfs });
+                    events.push(ContainerEvent::ScanComplete {
+                        source: DiscoverySource::Procfs,
+                    });
                 }
                 Err(e) => warn!(error = %crate::internal_events::chain(&e), "procfs scan failed."),
             }
@@ -286,19 +352,33 @@ async fn rescan_loop(config: Config, layout: Option<CgroupLayout>, tx: mpsc::Sen
                 match scan_cgroupfs(l) {
                     Ok(found) => {
                         events.extend(found.into_iter().map(ContainerEvent::Seen));
-                        events.push(ContainerEvent::ScanComplete { source: DiscoverySource::Cgroupfs });
+                        events.push(ContainerEvent::ScanComplete {
+                            source: DiscoverySource::Cgroupfs,
+                        });
                     }
-                    Err(e) => warn!(error = %crate::internal_events::chain(&e), "cgroupfs scan failed."),
+                    Err(e) => {
+                        warn!(error = %crate::internal_events::chain(&e), "cgroupfs scan failed.")
+                    }
                 }
             }
             match scan_docker_root(&docker_root) {
                 Ok(ids) => {
                     events.extend(ids.into_iter().map(|container_id| {
-                        ContainerEvent::Seen(Sighting { container_id, cgroup_path: None, cgroup_id: None, pid: None, source: DiscoverySource::DockerRoot })
+                        ContainerEvent::Seen(Sighting {
+                            container_id,
+                            cgroup_path: None,
+                            cgroup_id: None,
+                            pid: None,
+                            source: DiscoverySource::DockerRoot,
+                        })
                     }));
-                    events.push(ContainerEvent::ScanComplete { source: DiscoverySource::DockerRoot });
+                    events.push(ContainerEvent::ScanComplete {
+                        source: DiscoverySource::DockerRoot,
+                    });
                 }
-                Err(e) => debug!(error = %crate::internal_events::chain(&e), "Docker root scan failed."),
+                Err(e) => {
+                    debug!(error = %crate::internal_events::chain(&e), "Docker root scan failed.")
+                }
             }
             events
         })
@@ -324,17 +404,44 @@ mod tests {
         let view = InventoryView::new();
         let stop = CancellationToken::new();
         let (retention, every) = (Duration::from_millis(300), Duration::from_millis(50));
-        let task = tokio::spawn(expire_loop(store.clone(), view.clone(), retention, every, stop.clone()));
+        let task = tokio::spawn(expire_loop(
+            store.clone(),
+            view.clone(),
+            retention,
+            every,
+            stop.clone(),
+        ));
         let identity = ContainerIdentity::new(ContainerId::parse(&"e".repeat(64)).unwrap());
-        store.record_container(&identity, Lifecycle::Removed, Some(0), None).unwrap();
-        view.publish_container(Arc::new(identity.clone()), Lifecycle::Removed, None, None, Vec::new());
+        store
+            .record_container(&identity, Lifecycle::Removed, Some(0), None)
+            .unwrap();
+        view.publish_container(
+            Arc::new(identity.clone()),
+            Lifecycle::Removed,
+            None,
+            None,
+            Vec::new(),
+        );
         // Still there within the retention (the loop ran at start and ticks meanwhile)...
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(store.container(identity.container_id.as_str()).unwrap().is_some());
+        assert!(
+            store
+                .container(identity.container_id.as_str())
+                .unwrap()
+                .is_some()
+        );
         // ...gone from both soon after, without anything but the loop running.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while store.container(identity.container_id.as_str()).unwrap().is_some() || view.container(&identity.container_id).is_some() {
-            assert!(std::time::Instant::now() < deadline, "the history was never expired");
+        while store
+            .container(identity.container_id.as_str())
+            .unwrap()
+            .is_some()
+            || view.container(&identity.container_id).is_some()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the history was never expired"
+            );
             tokio::time::sleep(every).await;
         }
         stop.cancel();

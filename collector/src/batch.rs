@@ -40,7 +40,11 @@ pub struct SourceInfo {
 impl SourceInfo {
     /// The container output source of a container.
     pub fn container_output(container_id: ContainerId) -> Self {
-        Self { key: format!("{container_id}/json"), container_id, kind: SourceKind::ContainerOutput }
+        Self {
+            key: format!("{container_id}/json"),
+            container_id,
+            kind: SourceKind::ContainerOutput,
+        }
     }
 
     /// A declared file of a container.

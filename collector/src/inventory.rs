@@ -24,7 +24,9 @@ use crate::discover::docker_api::DockerApi;
 use crate::discover::{ContainerEvent, DiscoverySource, ProcessExit, Sighting};
 use crate::identify::cgroup::{self, CgroupLayout};
 use crate::identify::ecs_agent::EcsAgentClient;
-use crate::identify::{CgroupHint, ContainerId, ContainerIdentity, DockerContainerInfo, EcsTask, docker_config, labels};
+use crate::identify::{
+    CgroupHint, ContainerId, ContainerIdentity, DockerContainerInfo, EcsTask, docker_config, labels,
+};
 use crate::internal_events;
 use crate::state::{DeathSource, Lifecycle, Store};
 use crate::tail::format::LogFormat;
@@ -136,7 +138,11 @@ impl Inventory {
 
     /// Runs until `events` closes or `stop` fires, then waits for its tailers to stop (they
     /// stop on the tail shutdown token) and returns.
-    pub async fn run(mut self, mut events: mpsc::Receiver<ContainerEvent>, stop: CancellationToken) {
+    pub async fn run(
+        mut self,
+        mut events: mpsc::Receiver<ContainerEvent>,
+        stop: CancellationToken,
+    ) {
         let mut globs = tokio::time::interval(self.config.tail.glob_interval);
         globs.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -163,15 +169,25 @@ impl Inventory {
             ContainerEvent::ScanComplete { source } => ("scan_complete", *source),
             ContainerEvent::ProcessExited(_) => ("process_exited", DiscoverySource::Ebpf),
         };
-        internal_events::DiscoveryEventReceived { event, source: via.as_str() }.emit();
+        internal_events::DiscoveryEventReceived {
+            event,
+            source: via.as_str(),
+        }
+        .emit();
         match ev {
             ContainerEvent::Seen(s) => self.on_seen(s),
-            ContainerEvent::Exited { container_id, source } => {
+            ContainerEvent::Exited {
+                container_id,
+                source,
+            } => {
                 debug!(%container_id, via = source.as_str(), "Container exited.");
                 self.reidentify(&container_id);
                 self.set_lifecycle(&container_id, Lifecycle::Exited);
             }
-            ContainerEvent::Removed { container_id, source } => {
+            ContainerEvent::Removed {
+                container_id,
+                source,
+            } => {
                 debug!(%container_id, via = source.as_str(), "Container removed.");
                 self.set_lifecycle(&container_id, Lifecycle::Removed);
                 self.forget_if_done(&container_id);
@@ -185,7 +201,11 @@ impl Inventory {
         let id = s.container_id.clone();
         let is_new = !self.entries.contains_key(&id);
         if is_new {
-            internal_events::ContainerDiscovered { container_id: id.as_str(), source: s.source.as_str() }.emit();
+            internal_events::ContainerDiscovered {
+                container_id: id.as_str(),
+                source: s.source.as_str(),
+            }
+            .emit();
             let hint = s.cgroup_path.as_deref().and_then(cgroup::parse_cgroup_path);
             let identity = ContainerIdentity::new(id.clone());
             let (identity_tx, _) = watch::channel(Arc::new(identity));
@@ -210,7 +230,9 @@ impl Inventory {
             );
         }
         let layout = self.layout.clone();
-        let Some(e) = self.entries.get_mut(&id) else { return };
+        let Some(e) = self.entries.get_mut(&id) else {
+            return;
+        };
         e.seen_by.insert(s.source);
         let mut changed = false;
         if let Some(path) = &s.cgroup_path {
@@ -218,10 +240,15 @@ impl Inventory {
                 e.hint = cgroup::parse_cgroup_path(path);
             }
             let current = e.identity_tx.borrow().clone();
-            if current.cgroup_path.as_deref() != Some(path.as_str()) || current.cgroup_id.is_none() {
+            if current.cgroup_path.as_deref() != Some(path.as_str()) || current.cgroup_id.is_none()
+            {
                 let mut next = (*current).clone();
                 next.cgroup_path = Some(path.clone());
-                next.cgroup_id = s.cgroup_id.or_else(|| layout.as_ref().and_then(|l| cgroup::cgroup_id(l, path).ok()));
+                next.cgroup_id = s.cgroup_id.or_else(|| {
+                    layout
+                        .as_ref()
+                        .and_then(|l| cgroup::cgroup_id(l, path).ok())
+                });
                 e.identity_tx.send_replace(Arc::new(next));
                 changed = true;
             }
@@ -232,7 +259,8 @@ impl Inventory {
         // A live process (procfs, Docker's start event with its PID) or a container cgroup
         // on a container thought gone means it runs again (restart policy, `docker start`).
         // Docker's listing after a reconnect names exited containers too: not a sign of life.
-        let live = s.pid.is_some() || matches!(s.source, DiscoverySource::Cgroupfs | DiscoverySource::Ebpf);
+        let live = s.pid.is_some()
+            || matches!(s.source, DiscoverySource::Cgroupfs | DiscoverySource::Ebpf);
         if e.lifecycle != Lifecycle::Running && live && e.lifecycle != Lifecycle::Removed {
             e.death.new_run();
             e.lifecycle = Lifecycle::Running;
@@ -247,7 +275,9 @@ impl Inventory {
 
     /// Starts a background identification pass unless one is in flight.
     fn reidentify(&mut self, id: &ContainerId) {
-        let Some(e) = self.entries.get_mut(id) else { return };
+        let Some(e) = self.entries.get_mut(id) else {
+            return;
+        };
         if e.identifying {
             e.identify_again = true;
             return;
@@ -266,12 +296,18 @@ impl Inventory {
     }
 
     fn on_identified(&mut self, done: Identified) {
-        let Some(e) = self.entries.get_mut(&done.container_id) else { return };
+        let Some(e) = self.entries.get_mut(&done.container_id) else {
+            return;
+        };
         e.identifying = false;
         let again = std::mem::take(&mut e.identify_again);
         if let Some(info) = done.info {
             e.docker_known = true;
-            if !info.state.running && info.state.finished_at.is_some() && e.lifecycle == Lifecycle::Running && e.pid.is_none() {
+            if !info.state.running
+                && info.state.finished_at.is_some()
+                && e.lifecycle == Lifecycle::Running
+                && e.pid.is_none()
+            {
                 e.lifecycle = Lifecycle::Exited;
                 e.running_tx.send_replace(false);
             }
@@ -283,17 +319,28 @@ impl Inventory {
         if done.agent.is_some() {
             e.agent = done.agent;
         }
-        let identity = build_identity(&e.identity_tx.borrow(), e.hint.as_ref(), e.info.as_ref(), e.agent.as_ref());
+        let identity = build_identity(
+            &e.identity_tx.borrow(),
+            e.hint.as_ref(),
+            e.info.as_ref(),
+            e.agent.as_ref(),
+        );
         e.identity_tx.send_replace(Arc::new(identity.clone()));
         let (exit_code, oom) = match &e.info {
             Some(i) if !i.state.running => (i.state.exit_code, Some(i.state.oom_killed)),
             _ => (None, None),
         };
         let oom = e.death.merge_oom(oom);
-        if let Err(err) = self.store.record_container(&identity, e.lifecycle, exit_code, oom) {
+        if let Err(err) = self
+            .store
+            .record_container(&identity, e.lifecycle, exit_code, oom)
+        {
             internal_events::CheckpointWriteError { error: &err }.emit();
         }
-        if let Err(err) = self.store.record_discovered_via(identity.container_id.as_str(), e.death.discovered_via.as_str()) {
+        if let Err(err) = self.store.record_discovered_via(
+            identity.container_id.as_str(),
+            e.death.discovered_via.as_str(),
+        ) {
             internal_events::CheckpointWriteError { error: &err }.emit();
         }
         let id = done.container_id;
@@ -309,7 +356,9 @@ impl Inventory {
     }
 
     fn set_lifecycle(&mut self, id: &ContainerId, lifecycle: Lifecycle) {
-        let Some(e) = self.entries.get_mut(id) else { return };
+        let Some(e) = self.entries.get_mut(id) else {
+            return;
+        };
         if e.lifecycle == Lifecycle::Removed {
             return;
         }
@@ -322,7 +371,10 @@ impl Inventory {
             None => (None, None),
         };
         let oom = e.death.merge_oom(oom);
-        if let Err(err) = self.store.record_container(&identity, lifecycle, exit_code, oom) {
+        if let Err(err) = self
+            .store
+            .record_container(&identity, lifecycle, exit_code, oom)
+        {
             internal_events::CheckpointWriteError { error: &err }.emit();
         }
         self.remember_run(id);
@@ -342,9 +394,15 @@ impl Inventory {
             match source {
                 // Docker keeps a directory per container until `docker rm`. A container never
                 // identified that has also stopped (a sighting that raced its removal) goes too.
-                DiscoverySource::DockerRoot if e.docker_known || e.lifecycle == Lifecycle::Exited => gone.push(id.clone()),
+                DiscoverySource::DockerRoot
+                    if e.docker_known || e.lifecycle == Lifecycle::Exited =>
+                {
+                    gone.push(id.clone())
+                }
                 // No process left: confirm with Docker's state before calling it exited.
-                DiscoverySource::Procfs if e.lifecycle == Lifecycle::Running => check.push(id.clone()),
+                DiscoverySource::Procfs if e.lifecycle == Lifecycle::Running => {
+                    check.push(id.clone())
+                }
                 _ => {}
             }
         }
@@ -353,8 +411,17 @@ impl Inventory {
             self.forget_if_done(&id);
         }
         for id in check {
-            let docker_says_running = self.entries.get(&id).and_then(|e| e.info.as_ref()).is_some_and(|i| i.state.running);
-            let dir = self.config.host.docker_root.join("containers").join(id.as_str());
+            let docker_says_running = self
+                .entries
+                .get(&id)
+                .and_then(|e| e.info.as_ref())
+                .is_some_and(|i| i.state.running);
+            let dir = self
+                .config
+                .host
+                .docker_root
+                .join("containers")
+                .join(id.as_str());
             match docker_config::read_container_info(&self.config.host.docker_root, &id) {
                 Ok(info) if info.state.running => {
                     if let Some(e) = self.entries.get_mut(&id) {
@@ -367,7 +434,9 @@ impl Inventory {
                     }
                     self.set_lifecycle(&id, Lifecycle::Exited);
                 }
-                Err(_) if !dir.exists() && !docker_says_running => self.set_lifecycle(&id, Lifecycle::Exited),
+                Err(_) if !dir.exists() && !docker_says_running => {
+                    self.set_lifecycle(&id, Lifecycle::Exited)
+                }
                 Err(_) => {}
             }
         }
@@ -390,7 +459,9 @@ impl Inventory {
     /// Drops a removed container whose sources are all read: its history stays in SQLite,
     /// and the inventory's memory does not grow with container churn.
     fn forget_if_done(&mut self, id: &ContainerId) {
-        if self.entries.get(id).is_some_and(|e| e.lifecycle == Lifecycle::Removed && e.active.is_empty() && !e.identifying) {
+        if self.entries.get(id).is_some_and(|e| {
+            e.lifecycle == Lifecycle::Removed && e.active.is_empty() && !e.identifying
+        }) {
             self.entries.remove(id);
         }
     }
@@ -416,7 +487,9 @@ impl Inventory {
     /// The kernel saw a process of the container die (eBPF): record an OOM kill, and for the
     /// init process the death of the run, before the `Exited` that follows.
     fn on_process_exit(&mut self, exit: ProcessExit) {
-        let Some(e) = self.entries.get_mut(&exit.container_id) else { return };
+        let Some(e) = self.entries.get_mut(&exit.container_id) else {
+            return;
+        };
         debug!(container_id = %exit.container_id, pid = exit.pid, comm = %exit.comm, init = exit.init,
             status = exit.exit_status, signal = ?exit.signal, oom_killed = exit.oom_killed, "Container process exited.");
         let death = e.death.on_process_exit(&exit);
@@ -446,20 +519,26 @@ impl Inventory {
         e.lifecycle == Lifecycle::Exited
             && !e.death.logged()
             && e.info.as_ref().is_some_and(|i| i.state.running)
-            && !e.active.contains(&SourceInfo::container_output(id.clone()).key)
+            && !e
+                .active
+                .contains(&SourceInfo::container_output(id.clone()).key)
     }
 
     /// Sends the record that tells the sinks how a run ended (`death.rs`), once: when the
     /// container has stopped, its output was read to the end, and the kernel or Docker says
     /// how it died.
     fn maybe_log_death(&mut self, id: &ContainerId) {
-        let Some(e) = self.entries.get_mut(id) else { return };
+        let Some(e) = self.entries.get_mut(id) else {
+            return;
+        };
         let output_key = SourceInfo::container_output(id.clone()).key;
         if e.lifecycle == Lifecycle::Running || e.death.logged() || e.active.contains(&output_key) {
             return;
         }
         let state = e.info.as_ref().map(|i| &i.state);
-        let Some(death) = e.death.death(state) else { return };
+        let Some(death) = e.death.death(state) else {
+            return;
+        };
         let first_in_process = !e.death.any_logged();
         e.death.mark_logged();
         if death.source == DeathSource::Docker
@@ -487,25 +566,38 @@ impl Inventory {
 
     /// Starts the tailer of the container's stdout/stderr log when it has none.
     fn ensure_output_source(&mut self, id: &ContainerId) {
-        let Some(e) = self.entries.get(id) else { return };
+        let Some(e) = self.entries.get(id) else {
+            return;
+        };
         let json_file = match &e.info {
             Some(info) => info.log_driver.as_deref().is_none_or(|d| d == "json-file"),
             // Not readable yet: Docker is the only runtime whose files we know; wait for
             // its files to appear rather than guess for others.
-            None => e.hint.as_ref().is_some_and(|h| h.runtime == crate::identify::Runtime::Docker),
+            None => e
+                .hint
+                .as_ref()
+                .is_some_and(|h| h.runtime == crate::identify::Runtime::Docker),
         };
         if !json_file {
             return;
         }
         // Docker's own LogPath names the host path as Docker sees it; when the collector runs
         // with the host mounted elsewhere, the configured docker_root is the truth.
-        let path = self.config.host.docker_root.join("containers").join(id.as_str()).join(format!("{id}-json.log"));
+        let path = self
+            .config
+            .host
+            .docker_root
+            .join("containers")
+            .join(id.as_str())
+            .join(format!("{id}-json.log"));
         let info = Arc::new(SourceInfo::container_output(id.clone()));
         self.start_tailer(info, path, LogFormat::DockerJson);
     }
 
     fn start_declared_files(&mut self, id: &ContainerId) {
-        let Some(e) = self.entries.get(id) else { return };
+        let Some(e) = self.entries.get(id) else {
+            return;
+        };
         let Some(info) = &e.info else { return };
         let declared = labels::declared_log_globs(&info.labels);
         for (glob, why) in &declared.rejected {
@@ -518,7 +610,12 @@ impl Inventory {
         let pid = if running { e.pid } else { None };
         let mut found = Vec::new();
         for g in &declared.globs {
-            found.extend(resolve_declared(Path::new(g), &info.mounts, pid, &self.config.host.procfs_root));
+            found.extend(resolve_declared(
+                Path::new(g),
+                &info.mounts,
+                pid,
+                &self.config.host.procfs_root,
+            ));
         }
         for (container_path, host_path) in found {
             let info = Arc::new(SourceInfo::declared_file(id.clone(), container_path));
@@ -530,7 +627,12 @@ impl Inventory {
         let ids: Vec<ContainerId> = self
             .entries
             .iter()
-            .filter(|(_, e)| e.lifecycle == Lifecycle::Running && e.info.as_ref().is_some_and(|i| i.labels.contains_key(labels::COLLECTOR_LOGS)))
+            .filter(|(_, e)| {
+                e.lifecycle == Lifecycle::Running
+                    && e.info
+                        .as_ref()
+                        .is_some_and(|i| i.labels.contains_key(labels::COLLECTOR_LOGS))
+            })
             .map(|(id, _)| id.clone())
             .collect();
         for id in ids {
@@ -539,7 +641,9 @@ impl Inventory {
     }
 
     fn start_tailer(&mut self, info: Arc<SourceInfo>, path: PathBuf, format: LogFormat) {
-        let Some(e) = self.entries.get_mut(&info.container_id) else { return };
+        let Some(e) = self.entries.get_mut(&info.container_id) else {
+            return;
+        };
         if e.active.contains(&info.key) {
             return;
         }
@@ -561,7 +665,12 @@ impl Inventory {
             running: e.running_tx.subscribe(),
             new_files,
         };
-        let tailer = match Tailer::new(spec, self.config.tail.clone(), self.store.clone(), self.batch_tx.clone()) {
+        let tailer = match Tailer::new(
+            spec,
+            self.config.tail.clone(),
+            self.store.clone(),
+            self.batch_tx.clone(),
+        ) {
             Ok(t) => t,
             Err(err) => {
                 warn!(source = %info.key, error = %internal_events::chain(&err), "Cannot start tailer; will retry.");
@@ -575,7 +684,9 @@ impl Inventory {
         self.tailers.spawn(async move {
             let outcome = spawn_run(tailer, shutdown).await;
             if outcome == crate::tail::tailer::TailOutcome::Finished {
-                let _ = finished.send((info.container_id.clone(), info.key.clone())).await;
+                let _ = finished
+                    .send((info.container_id.clone(), info.key.clone()))
+                    .await;
             }
         });
     }
@@ -588,18 +699,30 @@ impl Inventory {
 impl Inventory {
     /// Copies a container's state into the control API's view.
     fn publish(&self, id: &ContainerId) {
-        let Some(e) = self.entries.get(id) else { return };
+        let Some(e) = self.entries.get(id) else {
+            return;
+        };
         let seen_by = e.seen_by.iter().map(|s| s.as_str()).collect();
-        self.view.publish_container(e.identity_tx.borrow().clone(), e.lifecycle, e.pid, e.info.as_ref(), seen_by);
+        self.view.publish_container(
+            e.identity_tx.borrow().clone(),
+            e.lifecycle,
+            e.pid,
+            e.info.as_ref(),
+            seen_by,
+        );
     }
 
     /// Remembers the container's last PID and Docker's start and finish times, so `inspect`
     /// can answer after `docker rm`.
     fn remember_run(&self, id: &ContainerId) {
-        let Some(e) = self.entries.get(id) else { return };
+        let Some(e) = self.entries.get(id) else {
+            return;
+        };
         let state = e.info.as_ref().map(|i| &i.state);
         let started = state.and_then(|s| s.started_at.as_deref());
-        let finished = state.filter(|s| !s.running).and_then(|s| s.finished_at.as_deref());
+        let finished = state
+            .filter(|s| !s.running)
+            .and_then(|s| s.finished_at.as_deref());
         if let Err(err) = self.store.record_run(id.as_str(), e.pid, started, finished) {
             internal_events::CheckpointWriteError { error: &err }.emit();
         }
@@ -622,19 +745,33 @@ async fn identify(
     let info = match from_files {
         Ok(Ok(info)) => Some(info),
         Ok(Err(err)) => {
-            internal_events::IdentifyError { container_id: id.as_str(), via: "docker_root", error: &err }.emit();
+            internal_events::IdentifyError {
+                container_id: id.as_str(),
+                via: "docker_root",
+                error: &err,
+            }
+            .emit();
             match docker.inspect(&id).await {
                 Ok(info) => Some(info),
                 Err(err) => {
-                    internal_events::IdentifyError { container_id: id.as_str(), via: "docker_api", error: &err }.emit();
+                    internal_events::IdentifyError {
+                        container_id: id.as_str(),
+                        via: "docker_api",
+                        error: &err,
+                    }
+                    .emit();
                     None
                 }
             }
         }
         Err(_) => None,
     };
-    let labelled = info.as_ref().and_then(|i| labels::ecs_from_labels(&i.labels));
-    let complete = labelled.as_ref().is_some_and(|e| e.task_arn.is_some() && e.container_name.is_some() && e.family.is_some());
+    let labelled = info
+        .as_ref()
+        .and_then(|i| labels::ecs_from_labels(&i.labels));
+    let complete = labelled
+        .as_ref()
+        .is_some_and(|e| e.task_arn.is_some() && e.container_name.is_some() && e.family.is_some());
     let might_be_ecs = labelled.is_some() || hint.as_ref().is_some_and(|h| h.task_id.is_some());
     let mut agent_task = None;
     if might_be_ecs && !complete {
@@ -644,10 +781,19 @@ async fn identify(
                 agent_task = Some(task.ecs_task(&id, cluster.as_deref()));
             }
             Ok(None) => {}
-            Err(err) => internal_events::IdentifyError { container_id: id.as_str(), via: "ecs_agent", error: &err }.emit(),
+            Err(err) => internal_events::IdentifyError {
+                container_id: id.as_str(),
+                via: "ecs_agent",
+                error: &err,
+            }
+            .emit(),
         }
     }
-    Identified { container_id: id, info, agent: agent_task }
+    Identified {
+        container_id: id,
+        info,
+        agent: agent_task,
+    }
 }
 
 /// Merges every source into one identity; earlier sources are the more specific.
@@ -663,12 +809,17 @@ fn build_identity(
         identity.image = Some(info.image.clone());
         identity.labels = info.labels.clone();
     }
-    let mut ecs = info.and_then(|i| labels::ecs_from_labels(&i.labels)).unwrap_or_default();
+    let mut ecs = info
+        .and_then(|i| labels::ecs_from_labels(&i.labels))
+        .unwrap_or_default();
     if let Some(a) = agent {
         ecs.merge_from(a);
     }
     if let Some(h) = hint {
-        ecs.merge_from(&EcsTask { task_id: h.task_id.clone(), ..Default::default() });
+        ecs.merge_from(&EcsTask {
+            task_id: h.task_id.clone(),
+            ..Default::default()
+        });
     }
     if let Some(prev) = &previous.ecs {
         ecs.merge_from(prev);
@@ -682,23 +833,37 @@ fn build_identity(
 /// mount or volume that holds it (works after the container exits), else through
 /// `/proc/<pid>/root` while it runs. Returns `(path in container, host path)` pairs. Rotated
 /// siblings (`x.log.1`) and compressed archives are left to the tailer of their base file.
-fn resolve_declared(glob_in_container: &Path, mounts: &[crate::identify::Mount], pid: Option<i32>, procfs_root: &Path) -> Vec<(PathBuf, PathBuf)> {
+fn resolve_declared(
+    glob_in_container: &Path,
+    mounts: &[crate::identify::Mount],
+    pid: Option<i32>,
+    procfs_root: &Path,
+) -> Vec<(PathBuf, PathBuf)> {
     let best = mounts
         .iter()
         .filter(|m| glob_in_container.starts_with(&m.destination))
         .max_by_key(|m| m.destination.components().count());
     let (host_prefix, container_prefix): (PathBuf, PathBuf) = match (best, pid) {
         (Some(m), _) => (m.source.clone(), m.destination.clone()),
-        (None, Some(pid)) => (procfs_root.join(pid.to_string()).join("root"), PathBuf::from("/")),
+        (None, Some(pid)) => (
+            procfs_root.join(pid.to_string()).join("root"),
+            PathBuf::from("/"),
+        ),
         (None, None) => return Vec::new(),
     };
-    let Ok(rest) = glob_in_container.strip_prefix(&container_prefix) else { return Vec::new() };
+    let Ok(rest) = glob_in_container.strip_prefix(&container_prefix) else {
+        return Vec::new();
+    };
     if rest.components().any(|c| matches!(c, Component::ParentDir)) {
         return Vec::new();
     }
     let pattern = host_prefix.join(rest);
-    let Some(pattern_str) = pattern.to_str() else { return Vec::new() };
-    let Ok(paths) = glob::glob(pattern_str) else { return Vec::new() };
+    let Some(pattern_str) = pattern.to_str() else {
+        return Vec::new();
+    };
+    let Ok(paths) = glob::glob(pattern_str) else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     for host in paths.flatten() {
         if !host.is_file() || is_rotated_or_archive(&host) {
@@ -713,11 +878,16 @@ fn resolve_declared(glob_in_container: &Path, mounts: &[crate::identify::Mount],
 
 fn is_rotated_or_archive(p: &Path) -> bool {
     let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    if [".gz", ".xz", ".zst", ".bz2"].iter().any(|s| name.ends_with(s)) {
+    if [".gz", ".xz", ".zst", ".bz2"]
+        .iter()
+        .any(|s| name.ends_with(s))
+    {
         return true;
     }
     match name.rsplit_once('.') {
-        Some((base, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => p.with_file_name(base).exists(),
+        Some((base, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+            p.with_file_name(base).exists()
+        }
         _ => false,
     }
 }
@@ -735,14 +905,32 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let host = dir.path().join("vol");
         std::fs::create_dir_all(host.join("sub")).unwrap();
-        for f in ["a.log", "a.log.1", "b.log", "b.log.2.gz", "sub/c.log", "x.txt"] {
+        for f in [
+            "a.log",
+            "a.log.1",
+            "b.log",
+            "b.log.2.gz",
+            "sub/c.log",
+            "x.txt",
+        ] {
             std::fs::write(host.join(f), b"").unwrap();
         }
         let mounts = vec![
-            Mount { source: PathBuf::from("/nonexistent"), destination: PathBuf::from("/var") },
-            Mount { source: host.clone(), destination: PathBuf::from("/var/log/app") },
+            Mount {
+                source: PathBuf::from("/nonexistent"),
+                destination: PathBuf::from("/var"),
+            },
+            Mount {
+                source: host.clone(),
+                destination: PathBuf::from("/var/log/app"),
+            },
         ];
-        let mut got = resolve_declared(Path::new("/var/log/app/*.log"), &mounts, None, Path::new("/proc"));
+        let mut got = resolve_declared(
+            Path::new("/var/log/app/*.log"),
+            &mounts,
+            None,
+            Path::new("/proc"),
+        );
         got.sort();
         assert_eq!(
             got,
@@ -751,7 +939,15 @@ mod tests {
                 (PathBuf::from("/var/log/app/b.log"), host.join("b.log")),
             ]
         );
-        assert!(resolve_declared(Path::new("/elsewhere/*.log"), &mounts, None, Path::new("/proc")).is_empty());
+        assert!(
+            resolve_declared(
+                Path::new("/elsewhere/*.log"),
+                &mounts,
+                None,
+                Path::new("/proc")
+            )
+            .is_empty()
+        );
     }
 
     #[test]

@@ -24,7 +24,11 @@ const EXIT_BAD_ARGUMENT: u8 = 2;
 
 #[derive(Parser)]
 /// The command line.
-#[command(name = "collector", version, about = "Host-level log and metric collector for containers on AWS ECS")]
+#[command(
+    name = "collector",
+    version,
+    about = "Host-level log and metric collector for containers on AWS ECS"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -109,7 +113,9 @@ struct ClientArgs {
 impl ClientArgs {
     /// The configuration and colour choice, or the exit code for a bad configuration.
     fn load(&self) -> Result<(Config, ColorChoice), ExitCode> {
-        let overrides = Overrides { data_dir: self.data_dir.clone() };
+        let overrides = Overrides {
+            data_dir: self.data_dir.clone(),
+        };
         let config = Config::load(self.config.as_deref(), &overrides).map_err(|e| {
             eprintln!("collector: {e}");
             ExitCode::from(EXIT_BAD_ARGUMENT)
@@ -134,25 +140,65 @@ fn exit(outcome: Outcome) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Inspect { thing, kind, json, all, offline, common } => {
+        Command::Inspect {
+            thing,
+            kind,
+            json,
+            all,
+            offline,
+            common,
+        } => {
             let (config, color) = match common.load() {
                 Ok(c) => c,
                 Err(code) => return code,
             };
             let kind = kind.as_deref().and_then(KindFilter::parse);
-            let args = InspectArgs { config, thing, kind, json, all, offline, color };
-            exit(collector::inspect::inspect_command(args, &mut std::io::stdout().lock(), &mut std::io::stderr().lock()))
+            let args = InspectArgs {
+                config,
+                thing,
+                kind,
+                json,
+                all,
+                offline,
+                color,
+            };
+            exit(collector::inspect::inspect_command(
+                args,
+                &mut std::io::stdout().lock(),
+                &mut std::io::stderr().lock(),
+            ))
         }
-        Command::Tail { thing, kind, timestamps, common } => {
+        Command::Tail {
+            thing,
+            kind,
+            timestamps,
+            common,
+        } => {
             let (config, color) = match common.load() {
                 Ok(c) => c,
                 Err(code) => return code,
             };
             let kind = kind.as_deref().and_then(KindFilter::parse);
-            let args = TailArgs { config, thing, kind, timestamps, color };
-            exit(collector::inspect::tail_command(args, &mut std::io::stdout().lock(), &mut std::io::stderr().lock()))
+            let args = TailArgs {
+                config,
+                thing,
+                kind,
+                timestamps,
+                color,
+            };
+            exit(collector::inspect::tail_command(
+                args,
+                &mut std::io::stdout().lock(),
+                &mut std::io::stderr().lock(),
+            ))
         }
-        Command::Run { config, data_dir, print_config, log_json, ebpf } => {
+        Command::Run {
+            config,
+            data_dir,
+            print_config,
+            log_json,
+            ebpf,
+        } => {
             let overrides = Overrides { data_dir };
             let config = match Config::load(config.as_deref(), &overrides) {
                 Ok(mut c) => {
@@ -179,7 +225,11 @@ fn main() -> ExitCode {
                     }
                 };
             }
-            telemetry::init(if log_json { telemetry::LogFormat::Json } else { telemetry::LogFormat::Text });
+            telemetry::init(if log_json {
+                telemetry::LogFormat::Json
+            } else {
+                telemetry::LogFormat::Text
+            });
             match run(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -209,6 +259,9 @@ fn run(config: Config) -> anyhow::Result<()> {
             }
             trigger.cancel();
         });
-        App::new(config).run(shutdown).await.context("collector failed")
+        App::new(config)
+            .run(shutdown)
+            .await
+            .context("collector failed")
     })
 }

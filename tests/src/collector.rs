@@ -196,7 +196,8 @@ impl CollectorBuilder {
         args.extend(self.extra_args);
         let mut wrapper = Vec::new();
         if let Some((setpriv, (uid, gid))) = self.setpriv {
-            fs::create_dir_all(&data_dir).with_context(|| format!("create {}", data_dir.display()))?;
+            fs::create_dir_all(&data_dir)
+                .with_context(|| format!("create {}", data_dir.display()))?;
             nix::unistd::chown(&data_dir, Some(uid.into()), Some(gid.into()))
                 .with_context(|| format!("chown {} to {uid}:{gid}", data_dir.display()))?;
             wrapper.push("setpriv".into());
@@ -316,7 +317,11 @@ impl CollectorProcess {
         let mut cmd = Command::new(&self.bin);
         cmd.args(args).stdin(Stdio::null()).env("NO_COLOR", "1");
         // `--config FILE` or `--data-dir DIR` of `run`, without `run`'s own options.
-        if let Some(at) = self.args.iter().position(|a| a == "--config" || a == "--data-dir") {
+        if let Some(at) = self
+            .args
+            .iter()
+            .position(|a| a == "--config" || a == "--data-dir")
+        {
             cmd.args(&self.args[at..(at + 2).min(self.args.len())]);
         }
         for (key, _) in env::vars_os() {

@@ -24,7 +24,15 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/collector/config.toml";
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/collector";
 
 /// Top-level keys that `COLLECTOR_<KEY>` environment variables may set.
-const ENV_SECTIONS: &[&str] = &["data_dir", "host", "ecs", "discovery", "tail", "sinks", "control"];
+const ENV_SECTIONS: &[&str] = &[
+    "data_dir",
+    "host",
+    "ecs",
+    "discovery",
+    "tail",
+    "sinks",
+    "control",
+];
 
 /// Errors while loading or validating the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +57,9 @@ pub enum ConfigError {
 }
 
 fn key_hint(key: &Option<String>) -> String {
-    key.as_ref().map(|k| format!(" at `{k}`")).unwrap_or_default()
+    key.as_ref()
+        .map(|k| format!(" at `{k}`"))
+        .unwrap_or_default()
 }
 
 fn env_hint(key: &Option<String>) -> String {
@@ -65,7 +75,10 @@ fn env_hint(key: &Option<String>) -> String {
 impl From<figment::Error> for ConfigError {
     fn from(e: figment::Error) -> Self {
         let key = (!e.path.is_empty()).then(|| e.path.join("."));
-        ConfigError::Invalid { key, message: e.kind.to_string() }
+        ConfigError::Invalid {
+            key,
+            message: e.kind.to_string(),
+        }
     }
 }
 
@@ -245,7 +258,10 @@ pub struct SinksConfig {
 
 impl Default for SinksConfig {
     fn default() -> Self {
-        Self { file: FileSinkConfig::default(), discard: DiscardSinkConfig { enabled: false } }
+        Self {
+            file: FileSinkConfig::default(),
+            discard: DiscardSinkConfig { enabled: false },
+        }
     }
 }
 
@@ -265,7 +281,11 @@ pub struct FileSinkConfig {
 
 impl Default for FileSinkConfig {
     fn default() -> Self {
-        Self { enabled: true, dir: None, sync_interval: Duration::from_secs(1) }
+        Self {
+            enabled: true,
+            dir: None,
+            sync_interval: Duration::from_secs(1),
+        }
     }
 }
 
@@ -292,7 +312,10 @@ pub struct ControlConfig {
 
 impl Default for ControlConfig {
     fn default() -> Self {
-        Self { enabled: true, socket: None }
+        Self {
+            enabled: true,
+            socket: None,
+        }
     }
 }
 
@@ -316,12 +339,19 @@ impl Config {
         Self::load_from(file, overrides, Env::prefixed("COLLECTOR_").split("__"))
     }
 
-    fn load_from(file: Option<&Path>, overrides: &Overrides, env: Env) -> Result<Self, ConfigError> {
+    fn load_from(
+        file: Option<&Path>,
+        overrides: &Overrides,
+        env: Env,
+    ) -> Result<Self, ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::ReadFile { path: path.to_owned(), source })?;
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+                        path: path.to_owned(),
+                        source,
+                    })?;
                 fig = fig.merge(Toml::string(&text));
             }
             None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
@@ -335,7 +365,11 @@ impl Config {
         // key is still an error that names it.
         fig = fig.merge(env.ignore(&["config"]).filter(|k| {
             let first = k.as_str().split(['.', '_']).next().unwrap_or("");
-            let first = if k.as_str().to_ascii_lowercase().starts_with("data_dir") { "data_dir" } else { first };
+            let first = if k.as_str().to_ascii_lowercase().starts_with("data_dir") {
+                "data_dir"
+            } else {
+                first
+            };
             ENV_SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(first))
         }));
         if let Some(dir) = &overrides.data_dir {
@@ -352,7 +386,10 @@ impl Config {
     /// The first invalid value, with its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, message: &str| {
-            Err(ConfigError::Invalid { key: Some(key.to_owned()), message: message.to_owned() })
+            Err(ConfigError::Invalid {
+                key: Some(key.to_owned()),
+                message: message.to_owned(),
+            })
         };
         if self.tail.max_line_bytes < 1024 {
             return bad("tail.max_line_bytes", "must be at least 1024");
@@ -378,7 +415,12 @@ impl Config {
         if self.discovery.history_retention.is_zero() {
             return bad("discovery.history_retention", "must be more than zero");
         }
-        if self.control.socket.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+        if self
+            .control
+            .socket
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
             return bad("control.socket", "must not be empty");
         }
         Ok(())
@@ -386,12 +428,19 @@ impl Config {
 
     /// The local sink's root directory.
     pub fn file_sink_dir(&self) -> PathBuf {
-        self.sinks.file.dir.clone().unwrap_or_else(|| self.data_dir.join("logs"))
+        self.sinks
+            .file
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("logs"))
     }
 
     /// The control API's socket.
     pub fn control_socket(&self) -> PathBuf {
-        self.control.socket.clone().unwrap_or_else(|| self.data_dir.join("control.sock"))
+        self.control
+            .socket
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("control.sock"))
     }
 
     /// The SQLite state file.
@@ -404,7 +453,10 @@ impl Config {
     /// # Errors
     /// Only if serialisation fails, which would be a bug.
     pub fn to_toml(&self) -> Result<String, ConfigError> {
-        toml::to_string(self).map_err(|e| ConfigError::Invalid { key: None, message: e.to_string() })
+        toml::to_string(self).map_err(|e| ConfigError::Invalid {
+            key: None,
+            message: e.to_string(),
+        })
     }
 }
 
@@ -416,7 +468,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
         std::fs::write(&path, text).unwrap();
-        Config::load_from(Some(&path), &Overrides::default(), Env::prefixed("COLLECTOR_TEST_NONE_"))
+        Config::load_from(
+            Some(&path),
+            &Overrides::default(),
+            Env::prefixed("COLLECTOR_TEST_NONE_"),
+        )
     }
 
     #[test]
@@ -439,10 +495,14 @@ mod tests {
 
     #[test]
     fn values_are_checked_with_their_key() {
-        let err = load_str("[tail]\nmax_line_bytes = 10").unwrap_err().to_string();
+        let err = load_str("[tail]\nmax_line_bytes = 10")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("tail.max_line_bytes"), "{err}");
         assert!(err.contains("COLLECTOR_TAIL__MAX_LINE_BYTES"), "{err}");
-        let err = load_str("[tail]\npoll_interval = \"soon\"").unwrap_err().to_string();
+        let err = load_str("[tail]\npoll_interval = \"soon\"")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("tail.poll_interval"), "{err}");
     }
 
@@ -455,22 +515,38 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "data_dir = \"/from/file\"").unwrap();
-        let o = Overrides { data_dir: Some("/from/flag".into()) };
+        let o = Overrides {
+            data_dir: Some("/from/flag".into()),
+        };
         let c = Config::load_from(Some(&path), &o, Env::prefixed("COLLECTOR_TEST_NONE_")).unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/from/flag"));
     }
 
     #[test]
+    #[allow(
+        clippy::result_large_err,
+        reason = "figment's Jail API fixes the closure's error type"
+    )]
     fn environment_sets_known_keys_and_leaves_other_programs_variables() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("COLLECTOR_DATA_DIR", "/from/env");
             jail.set_env("COLLECTOR_TAIL__POLL_INTERVAL", "70ms");
             jail.set_env("COLLECTOR_BIN", "/usr/bin/collector");
-            let c = Config::load_from(None, &Overrides::default(), Env::prefixed("COLLECTOR_").split("__")).unwrap();
+            let c = Config::load_from(
+                None,
+                &Overrides::default(),
+                Env::prefixed("COLLECTOR_").split("__"),
+            )
+            .unwrap();
             assert_eq!(c.data_dir, PathBuf::from("/from/env"));
             assert_eq!(c.tail.poll_interval, Duration::from_millis(70));
             jail.set_env("COLLECTOR_TAIL__POLL", "70ms");
-            let err = Config::load_from(None, &Overrides::default(), Env::prefixed("COLLECTOR_").split("__")).unwrap_err();
+            let err = Config::load_from(
+                None,
+                &Overrides::default(),
+                Env::prefixed("COLLECTOR_").split("__"),
+            )
+            .unwrap_err();
             assert!(err.to_string().contains("poll"), "{err}");
             Ok(())
         });
@@ -478,16 +554,31 @@ mod tests {
 
     #[test]
     fn a_named_missing_file_is_an_error() {
-        let err = Config::load(Some(Path::new("/nonexistent/c.toml")), &Overrides::default()).unwrap_err();
+        let err = Config::load(
+            Some(Path::new("/nonexistent/c.toml")),
+            &Overrides::default(),
+        )
+        .unwrap_err();
         assert!(matches!(err, ConfigError::ReadFile { .. }));
     }
 
     #[test]
     fn ebpf_mode_is_a_small_enumeration() {
         assert_eq!(load_str("").unwrap().discovery.ebpf, EbpfMode::Auto);
-        assert_eq!(load_str("[discovery]\nebpf = \"off\"").unwrap().discovery.ebpf, EbpfMode::Off);
-        let err = load_str("[discovery]\nebpf = \"maybe\"").unwrap_err().to_string();
-        assert!(err.contains("discovery.ebpf") && err.contains("COLLECTOR_DISCOVERY__EBPF"), "{err}");
+        assert_eq!(
+            load_str("[discovery]\nebpf = \"off\"")
+                .unwrap()
+                .discovery
+                .ebpf,
+            EbpfMode::Off
+        );
+        let err = load_str("[discovery]\nebpf = \"maybe\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("discovery.ebpf") && err.contains("COLLECTOR_DISCOVERY__EBPF"),
+            "{err}"
+        );
     }
 
     #[test]

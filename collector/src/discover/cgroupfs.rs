@@ -476,7 +476,6 @@ impl CgroupWatcher {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

@@ -711,15 +711,7 @@ mod tests {
         assert_eq!(kinds, ["seen", "seen", "exited", "removed"], "{seen:?}");
 
         // A container that keeps running: the Seen after `start` carries its PID.
-        let id = docker_cli(&[
-            "run",
-            "-d",
-            "--name",
-            &running,
-            TEST_IMAGE,
-            "sleep",
-            "30",
-        ]);
+        let id = docker_cli(&["run", "-d", "--name", &running, TEST_IMAGE, "sleep", "30"]);
         let id = ContainerId::parse(id.trim()).unwrap();
         let pid = loop {
             if let ContainerEvent::Seen(s) = next_event(&mut rx).await

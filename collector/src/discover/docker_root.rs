@@ -289,7 +289,6 @@ impl DockerRootWatcher {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

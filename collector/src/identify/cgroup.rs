@@ -538,7 +538,6 @@ pub fn cgroup_id(layout: &CgroupLayout, cgroup_path: &str) -> Result<CgroupId, C
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use std::fs;

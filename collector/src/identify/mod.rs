@@ -32,13 +32,20 @@ pub struct ContainerId(String);
 impl ContainerId {
     /// Parses a full container id (64 hex, or Fargate's `<32 hex>-<digits>`).
     pub fn parse(s: &str) -> Option<Self> {
-        let is_hex = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+        let is_hex = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        };
         if s.len() == 64 && is_hex(s) {
             return Some(Self(s.to_owned()));
         }
         match s.split_once('-') {
             Some((task, digits))
-                if task.len() == 32 && is_hex(task) && !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) =>
+                if task.len() == 32
+                    && is_hex(task)
+                    && !digits.is_empty()
+                    && digits.bytes().all(|b| b.is_ascii_digit()) =>
             {
                 Some(Self(s.to_owned()))
             }
@@ -139,15 +146,24 @@ impl TaskArn {
     /// Validates the shape and extracts the task id.
     pub fn parse(s: &str) -> Option<Self> {
         let mut parts = s.splitn(6, ':');
-        let (arn, _partition, service, _region, _account, resource) =
-            (parts.next()?, parts.next()?, parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let (arn, _partition, service, _region, _account, resource) = (
+            parts.next()?,
+            parts.next()?,
+            parts.next()?,
+            parts.next()?,
+            parts.next()?,
+            parts.next()?,
+        );
         if arn != "arn" || service != "ecs" {
             return None;
         }
         let rest = resource.strip_prefix("task/")?;
         let id = rest.rsplit('/').next()?;
         let task_id = TaskId::parse(id)?;
-        Some(Self { arn: s.to_owned(), task_id })
+        Some(Self {
+            arn: s.to_owned(),
+            task_id,
+        })
     }
 
     /// The full ARN.

@@ -51,10 +51,17 @@ pub struct Counters {
 }
 
 /// The `event` label values of discovery events.
-pub const DISCOVERY_EVENTS: [&str; 5] = ["seen", "exited", "removed", "scan_complete", "process_exited"];
+pub const DISCOVERY_EVENTS: [&str; 5] = [
+    "seen",
+    "exited",
+    "removed",
+    "scan_complete",
+    "process_exited",
+];
 
 /// The `source` label values of discovery events (`DiscoverySource::as_str`).
-pub const DISCOVERY_SOURCES: [&str; 5] = ["procfs", "cgroupfs", "docker_root", "docker_api", "ebpf"];
+pub const DISCOVERY_SOURCES: [&str; 5] =
+    ["procfs", "cgroupfs", "docker_root", "docker_api", "ebpf"];
 
 /// The counters.
 pub static COUNTERS: Counters = Counters {
@@ -72,7 +79,8 @@ pub static COUNTERS: Counters = Counters {
     records_read: AtomicU64::new(0),
     bytes_read: AtomicU64::new(0),
     lost_bytes: AtomicU64::new(0),
-    discovery_events: [const { [const { AtomicU64::new(0) }; DISCOVERY_SOURCES.len()] }; DISCOVERY_EVENTS.len()],
+    discovery_events: [const { [const { AtomicU64::new(0) }; DISCOVERY_SOURCES.len()] };
+        DISCOVERY_EVENTS.len()],
     tail_batches_dropped: AtomicU64::new(0),
 };
 
@@ -244,7 +252,11 @@ impl EbpfEventsDropped {
     /// Logs (once per counter read, so at most every few seconds) and counts.
     pub fn emit(self) {
         inc(&COUNTERS.ebpf_events_dropped, self.count);
-        warn!(count = self.count, total = self.total, "eBPF records dropped (ring buffer full); the rescan repairs discovery.");
+        warn!(
+            count = self.count,
+            total = self.total,
+            "eBPF records dropped (ring buffer full); the rescan repairs discovery."
+        );
     }
 }
 
@@ -298,7 +310,10 @@ impl TailBatchesDropped {
     /// Logs and counts.
     pub fn emit(self) {
         inc(&COUNTERS.tail_batches_dropped, self.batches);
-        debug!(batches = self.batches, "A collector tail reader fell behind; batches skipped for it.");
+        debug!(
+            batches = self.batches,
+            "A collector tail reader fell behind; batches skipped for it."
+        );
     }
 }
 

@@ -50,7 +50,13 @@ pub struct FileSink {
 impl FileSink {
     /// A sink writing under `root` (created on demand).
     pub fn new(root: PathBuf) -> Self {
-        Self { root, open: HashMap::new(), dirty: HashSet::new(), first: Vec::new(), stderr: Vec::new() }
+        Self {
+            root,
+            open: HashMap::new(),
+            dirty: HashSet::new(),
+            first: Vec::new(),
+            stderr: Vec::new(),
+        }
     }
 
     fn file(&mut self, path: &Path) -> Result<&mut File, SinkError> {
@@ -58,11 +64,18 @@ impl FileSink {
             if self.open.len() >= MAX_OPEN_FILES {
                 self.open.clear();
             }
-            let err = |source| SinkError::WriteFile { path: path.to_owned(), source };
+            let err = |source| SinkError::WriteFile {
+                path: path.to_owned(),
+                source,
+            };
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(err)?;
             }
-            let f = OpenOptions::new().create(true).append(true).open(path).map_err(err)?;
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(err)?;
             self.open.insert(path.to_owned(), f);
         }
         Ok(self.open.get_mut(path).expect("inserted above"))
@@ -77,11 +90,18 @@ impl FileSink {
         first.clear();
         stderr.clear();
         for r in batch.records.iter() {
-            let buf = if by_stream && r.stream == Some(StdStream::Stderr) { &mut stderr } else { &mut first };
+            let buf = if by_stream && r.stream == Some(StdStream::Stderr) {
+                &mut stderr
+            } else {
+                &mut first
+            };
             push_line(buf, r);
         }
         let mut result = Ok(());
-        for (stream, buf) in [(Some(StdStream::Stdout), &first), (Some(StdStream::Stderr), &stderr)] {
+        for (stream, buf) in [
+            (Some(StdStream::Stdout), &first),
+            (Some(StdStream::Stderr), &stderr),
+        ] {
             if buf.is_empty() {
                 continue;
             }
@@ -100,12 +120,17 @@ impl FileSink {
         }
         result?;
         if batch.last {
-            for stream in [None, Some(crate::tail::StdStream::Stdout), Some(crate::tail::StdStream::Stderr)] {
+            for stream in [
+                None,
+                Some(crate::tail::StdStream::Stdout),
+                Some(crate::tail::StdStream::Stderr),
+            ] {
                 let path = dir.join(file_in_container_dir(&batch.source.kind, stream));
                 if let Some(f) = self.open.remove(&path)
                     && self.dirty.remove(&path)
                 {
-                    f.sync_data().map_err(|source| SinkError::SyncFile { path, source })?;
+                    f.sync_data()
+                        .map_err(|source| SinkError::SyncFile { path, source })?;
                 }
             }
         }
@@ -114,18 +139,30 @@ impl FileSink {
 
     /// Appends `bytes` to the file at `path`.
     fn write_file(&mut self, path: &Path, bytes: &[u8]) -> Result<(), SinkError> {
-        self.file(path)?.write_all(bytes).map_err(|source| SinkError::WriteFile { path: path.to_owned(), source })
+        self.file(path)?
+            .write_all(bytes)
+            .map_err(|source| SinkError::WriteFile {
+                path: path.to_owned(),
+                source,
+            })
     }
 
     fn sync_now(&mut self) -> Result<(), SinkError> {
         // A path stays dirty until its sync succeeds, so a failed sync is tried again.
         for path in self.dirty.iter().cloned().collect::<Vec<_>>() {
-            let err = |source| SinkError::SyncFile { path: path.clone(), source };
+            let err = |source| SinkError::SyncFile {
+                path: path.clone(),
+                source,
+            };
             match self.open.get(&path) {
                 Some(f) => f.sync_data().map_err(err)?,
                 // Closed to make room since it was written: fsync through a new descriptor
                 // (it flushes the file, whichever descriptor wrote).
-                None => OpenOptions::new().append(true).open(&path).and_then(|f| f.sync_data()).map_err(err)?,
+                None => OpenOptions::new()
+                    .append(true)
+                    .open(&path)
+                    .and_then(|f| f.sync_data())
+                    .map_err(err)?,
             }
             self.dirty.remove(&path);
         }
@@ -167,8 +204,8 @@ mod tests {
     use crate::batch::SourceInfo;
     use crate::identify::{ContainerId, ContainerIdentity};
     use crate::state::{Checkpoint, CheckpointUpdate};
-    use crate::tail::fingerprint::Fingerprint;
     use crate::tail::LogRecords;
+    use crate::tail::fingerprint::Fingerprint;
 
     fn batch(list: Vec<(StdStream, String)>) -> Batch {
         let mut records = LogRecords::new();
@@ -190,7 +227,16 @@ mod tests {
             ack: CheckpointUpdate {
                 source: "s".into(),
                 container_id: id.to_string(),
-                checkpoint: Checkpoint { fingerprint: Fingerprint { dev: 0, ino: 0, head_len: 0, head_hash: 0 }, path: String::new(), offset: 0 },
+                checkpoint: Checkpoint {
+                    fingerprint: Fingerprint {
+                        dev: 0,
+                        ino: 0,
+                        head_len: 0,
+                        head_hash: 0,
+                    },
+                    path: String::new(),
+                    offset: 0,
+                },
                 counters: Default::default(),
             },
             last: false,
@@ -208,15 +254,30 @@ mod tests {
         let n = 3000; // more than one writev worth
         let mut records = Vec::new();
         for i in 0..n {
-            records.push(rec(if i % 3 == 0 { StdStream::Stderr } else { StdStream::Stdout }, &format!("line {i}")));
+            records.push(rec(
+                if i % 3 == 0 {
+                    StdStream::Stderr
+                } else {
+                    StdStream::Stdout
+                },
+                &format!("line {i}"),
+            ));
         }
         sink.write_batch(&batch(records)).unwrap();
         sink.sync_now().unwrap();
-        let base = dir.path().join(format!("containers/web-{}", "a".repeat(12)));
+        let base = dir
+            .path()
+            .join(format!("containers/web-{}", "a".repeat(12)));
         let out = std::fs::read_to_string(base.join("stdout.log")).unwrap();
         let err = std::fs::read_to_string(base.join("stderr.log")).unwrap();
-        let want_out: Vec<String> = (0..n).filter(|i| i % 3 != 0).map(|i| format!("2026-01-01T00:00:00.000000001Z line {i}")).collect();
-        let want_err: Vec<String> = (0..n).filter(|i| i % 3 == 0).map(|i| format!("2026-01-01T00:00:00.000000001Z line {i}")).collect();
+        let want_out: Vec<String> = (0..n)
+            .filter(|i| i % 3 != 0)
+            .map(|i| format!("2026-01-01T00:00:00.000000001Z line {i}"))
+            .collect();
+        let want_err: Vec<String> = (0..n)
+            .filter(|i| i % 3 == 0)
+            .map(|i| format!("2026-01-01T00:00:00.000000001Z line {i}"))
+            .collect();
         assert_eq!(out.lines().collect::<Vec<_>>(), want_out);
         assert_eq!(err.lines().collect::<Vec<_>>(), want_err);
     }
@@ -252,7 +313,9 @@ mod tests {
         let blocker = dir.path().join("file");
         std::fs::write(&blocker, b"x").unwrap();
         let mut sink = FileSink::new(blocker);
-        let e = sink.write_batch(&batch(vec![rec(StdStream::Stdout, "x")])).unwrap_err();
+        let e = sink
+            .write_batch(&batch(vec![rec(StdStream::Stdout, "x")]))
+            .unwrap_err();
         assert!(matches!(e, SinkError::WriteFile { .. }));
     }
 }

@@ -27,21 +27,34 @@ pub fn container_dir(identity: &ContainerIdentity) -> PathBuf {
     };
     match &identity.group {
         Group::EcsTask { task_id } => {
-            let name = identity.ecs.as_ref().and_then(|e| e.container_name.as_deref()).map(sanitize);
+            let name = identity
+                .ecs
+                .as_ref()
+                .and_then(|e| e.container_name.as_deref())
+                .map(sanitize);
             let name = name.unwrap_or_else(|| with_short(docker_name));
-            Path::new("tasks").join(sanitize(task_id.as_str())).join(name)
+            Path::new("tasks")
+                .join(sanitize(task_id.as_str()))
+                .join(name)
         }
         Group::Compose { project, service } => {
             let name = service.as_deref().map(sanitize).or(docker_name);
-            Path::new("compose").join(sanitize(project)).join(with_short(name))
+            Path::new("compose")
+                .join(sanitize(project))
+                .join(with_short(name))
         }
         Group::Pod { namespace, pod } => {
             let pod_dir = match namespace {
                 Some(ns) => format!("{}_{}", sanitize(ns), sanitize(pod)),
                 None => sanitize(pod),
             };
-            let name = identity.labels.get("io.kubernetes.container.name").map(|s| sanitize(s));
-            Path::new("pods").join(pod_dir).join(name.unwrap_or_else(|| with_short(docker_name)))
+            let name = identity
+                .labels
+                .get("io.kubernetes.container.name")
+                .map(|s| sanitize(s));
+            Path::new("pods")
+                .join(pod_dir)
+                .join(name.unwrap_or_else(|| with_short(docker_name)))
         }
         Group::Standalone => Path::new("containers").join(with_short(docker_name)),
     }
@@ -69,8 +82,16 @@ pub fn file_in_container_dir(kind: &SourceKind, stream: Option<StdStream>) -> Pa
 
 /// A path component safe to create: no separators, no `.`/`..`, no control characters.
 fn sanitize(s: &str) -> String {
-    let cleaned: String =
-        s.chars().map(|c| if c == '/' || c == '\\' || c.is_control() { '_' } else { c }).collect();
+    let cleaned: String = s
+        .chars()
+        .map(|c| {
+            if c == '/' || c == '\\' || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
     match cleaned.as_str() {
         "" => "_".to_owned(),
         "." | ".." => cleaned.replace('.', "_"),
@@ -84,10 +105,15 @@ mod tests {
     use crate::identify::{ContainerId, EcsTask, TaskId};
 
     fn identity(group: Group, ecs_name: Option<&str>, docker: Option<&str>) -> ContainerIdentity {
-        let mut id = ContainerIdentity::new(ContainerId::parse(&format!("abcdef012345{}", "0".repeat(52))).unwrap());
+        let mut id = ContainerIdentity::new(
+            ContainerId::parse(&format!("abcdef012345{}", "0".repeat(52))).unwrap(),
+        );
         id.group = group;
         id.docker_name = docker.map(str::to_owned);
-        id.ecs = ecs_name.map(|n| EcsTask { container_name: Some(n.to_owned()), ..Default::default() });
+        id.ecs = ecs_name.map(|n| EcsTask {
+            container_name: Some(n.to_owned()),
+            ..Default::default()
+        });
         id
     }
 
@@ -95,12 +121,50 @@ mod tests {
     fn directories_per_group() {
         let task = TaskId::parse(&"f".repeat(32)).unwrap();
         let cases = [
-            (identity(Group::EcsTask { task_id: task.clone() }, Some("web"), Some("ecs-x")), format!("tasks/{}/web", "f".repeat(32))),
-            (identity(Group::EcsTask { task_id: task }, None, None), format!("tasks/{}/abcdef012345", "f".repeat(32))),
-            (identity(Group::Compose { project: "shop".into(), service: Some("db".into()) }, None, Some("shop-db-1")), "compose/shop/db-abcdef012345".into()),
-            (identity(Group::Pod { namespace: Some("ns".into()), pod: "p".into() }, None, Some("k8s_x")), "pods/ns_p/k8s_x-abcdef012345".into()),
-            (identity(Group::Standalone, None, Some("nginx")), "containers/nginx-abcdef012345".into()),
-            (identity(Group::Standalone, None, Some("../../etc")), "containers/.._.._etc-abcdef012345".into()),
+            (
+                identity(
+                    Group::EcsTask {
+                        task_id: task.clone(),
+                    },
+                    Some("web"),
+                    Some("ecs-x"),
+                ),
+                format!("tasks/{}/web", "f".repeat(32)),
+            ),
+            (
+                identity(Group::EcsTask { task_id: task }, None, None),
+                format!("tasks/{}/abcdef012345", "f".repeat(32)),
+            ),
+            (
+                identity(
+                    Group::Compose {
+                        project: "shop".into(),
+                        service: Some("db".into()),
+                    },
+                    None,
+                    Some("shop-db-1"),
+                ),
+                "compose/shop/db-abcdef012345".into(),
+            ),
+            (
+                identity(
+                    Group::Pod {
+                        namespace: Some("ns".into()),
+                        pod: "p".into(),
+                    },
+                    None,
+                    Some("k8s_x"),
+                ),
+                "pods/ns_p/k8s_x-abcdef012345".into(),
+            ),
+            (
+                identity(Group::Standalone, None, Some("nginx")),
+                "containers/nginx-abcdef012345".into(),
+            ),
+            (
+                identity(Group::Standalone, None, Some("../../etc")),
+                "containers/.._.._etc-abcdef012345".into(),
+            ),
         ];
         for (id, want) in cases {
             assert_eq!(container_dir(&id), PathBuf::from(&want));
@@ -109,9 +173,20 @@ mod tests {
 
     #[test]
     fn declared_files_stay_inside_the_tree() {
-        let k = |p: &str| SourceKind::DeclaredFile { container_path: PathBuf::from(p) };
-        assert_eq!(file_in_container_dir(&k("/var/log/app/a.log"), None), PathBuf::from("files/var/log/app/a.log"));
-        assert_eq!(file_in_container_dir(&k("/var/../../etc/passwd"), None), PathBuf::from("files/var/etc/passwd"));
-        assert_eq!(file_in_container_dir(&SourceKind::ContainerOutput, Some(StdStream::Stderr)), PathBuf::from("stderr.log"));
+        let k = |p: &str| SourceKind::DeclaredFile {
+            container_path: PathBuf::from(p),
+        };
+        assert_eq!(
+            file_in_container_dir(&k("/var/log/app/a.log"), None),
+            PathBuf::from("files/var/log/app/a.log")
+        );
+        assert_eq!(
+            file_in_container_dir(&k("/var/../../etc/passwd"), None),
+            PathBuf::from("files/var/etc/passwd")
+        );
+        assert_eq!(
+            file_in_container_dir(&SourceKind::ContainerOutput, Some(StdStream::Stderr)),
+            PathBuf::from("stderr.log")
+        );
     }
 }

@@ -84,7 +84,11 @@ pub struct Shipper {
 impl Shipper {
     /// A shipper over these sinks.
     pub fn new(sinks: Vec<Box<dyn Sink>>, store: Store, settings: ShipperSettings) -> Self {
-        Self { sinks, store, settings }
+        Self {
+            sinks,
+            store,
+            settings,
+        }
     }
 
     /// Runs until every sender of `rx` is gone (the tailers stopped) and the channel is
@@ -115,7 +119,11 @@ impl Shipper {
                 if !self.deliver(&batch, &abort).await {
                     return;
                 }
-                internal_events::BatchDelivered { records: batch.records.len() as u64, bytes: batch.message_bytes() as u64 }.emit();
+                internal_events::BatchDelivered {
+                    records: batch.records.len() as u64,
+                    bytes: batch.message_bytes() as u64,
+                }
+                .emit();
                 acks.push(batch.ack);
             }
             if last_sync.elapsed() >= self.settings.sync_interval {
@@ -137,7 +145,11 @@ impl Shipper {
                 match sink.send_batch(batch).await {
                     Ok(()) => break,
                     Err(e) => {
-                        internal_events::SinkSendError { sink: sink.name(), error: &e }.emit();
+                        internal_events::SinkSendError {
+                            sink: sink.name(),
+                            error: &e,
+                        }
+                        .emit();
                         tokio::select! {
                             _ = abort.cancelled() => return false,
                             _ = tokio::time::sleep(backoff) => {}
@@ -153,7 +165,11 @@ impl Shipper {
     async fn sync_all(&mut self, abort: &CancellationToken) {
         for sink in &mut self.sinks {
             if let Err(e) = sink.sync().await {
-                internal_events::SinkSendError { sink: sink.name(), error: &e }.emit();
+                internal_events::SinkSendError {
+                    sink: sink.name(),
+                    error: &e,
+                }
+                .emit();
                 if abort.is_cancelled() {
                     return;
                 }

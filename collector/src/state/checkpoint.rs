@@ -64,7 +64,10 @@ impl Store {
     /// # Errors
     /// The write failed (disk full, I/O error); nothing of this call is committed then.
     pub fn checkpoint(&self, updates: &[CheckpointUpdate]) -> Result<(), StateError> {
-        let q = |source| StateError::Query { operation: "checkpoint", source };
+        let q = |source| StateError::Query {
+            operation: "checkpoint",
+            source,
+        };
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(q)?;
         let now = now_ms();
@@ -128,7 +131,10 @@ impl Store {
     /// # Errors
     /// The read failed.
     pub fn checkpoints(&self, source: &str) -> Result<Vec<Checkpoint>, StateError> {
-        let q = |source| StateError::Query { operation: "read checkpoints", source };
+        let q = |source| StateError::Query {
+            operation: "read checkpoints",
+            source,
+        };
         let conn = self.lock();
         let mut st = conn
             .prepare_cached(
@@ -158,15 +164,26 @@ impl Store {
     /// # Errors
     /// The write failed.
     pub fn prune_checkpoints(&self, source: &str, keep: &[(u64, u64)]) -> Result<(), StateError> {
-        let q = |source| StateError::Query { operation: "prune checkpoints", source };
+        let q = |source| StateError::Query {
+            operation: "prune checkpoints",
+            source,
+        };
         let conn = self.lock();
-        let mut st = conn.prepare_cached("SELECT dev, ino FROM checkpoints WHERE source = ?1").map_err(q)?;
-        let all: Vec<(i64, i64)> =
-            st.query_map([source], |r| Ok((r.get(0)?, r.get(1)?))).map_err(q)?.collect::<Result<_, _>>().map_err(q)?;
+        let mut st = conn
+            .prepare_cached("SELECT dev, ino FROM checkpoints WHERE source = ?1")
+            .map_err(q)?;
+        let all: Vec<(i64, i64)> = st
+            .query_map([source], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(q)?
+            .collect::<Result<_, _>>()
+            .map_err(q)?;
         for (dev, ino) in all {
             if !keep.contains(&(dev as u64, ino as u64)) {
-                conn.execute("DELETE FROM checkpoints WHERE source = ?1 AND dev = ?2 AND ino = ?3", params![source, dev, ino])
-                    .map_err(q)?;
+                conn.execute(
+                    "DELETE FROM checkpoints WHERE source = ?1 AND dev = ?2 AND ino = ?3",
+                    params![source, dev, ino],
+                )
+                .map_err(q)?;
             }
         }
         Ok(())
@@ -176,8 +193,14 @@ impl Store {
     ///
     /// # Errors
     /// The read failed.
-    pub fn source_counters(&self, container_id: &str) -> Result<Vec<(String, String, SourceCounters)>, StateError> {
-        let q = |source| StateError::Query { operation: "read sources", source };
+    pub fn source_counters(
+        &self,
+        container_id: &str,
+    ) -> Result<Vec<(String, String, SourceCounters)>, StateError> {
+        let q = |source| StateError::Query {
+            operation: "read sources",
+            source,
+        };
         let conn = self.lock();
         let mut st = conn
             .prepare_cached(
@@ -214,11 +237,20 @@ mod tests {
             source: source.into(),
             container_id: "c".into(),
             checkpoint: Checkpoint {
-                fingerprint: Fingerprint { dev: 1, ino, head_len: 10, head_hash: 99 },
+                fingerprint: Fingerprint {
+                    dev: 1,
+                    ino,
+                    head_len: 10,
+                    head_hash: 99,
+                },
                 path: "/p".into(),
                 offset,
             },
-            counters: SourceCounters { lines, bytes: offset, ..Default::default() },
+            counters: SourceCounters {
+                lines,
+                bytes: offset,
+                ..Default::default()
+            },
         }
     }
 
@@ -226,7 +258,8 @@ mod tests {
     fn checkpoints_move_and_counters_add_up() {
         let s = Store::in_memory().unwrap();
         s.checkpoint(&[update("a", 5, 100, 3)]).unwrap();
-        s.checkpoint(&[update("a", 5, 250, 4), update("b", 6, 7, 1)]).unwrap();
+        s.checkpoint(&[update("a", 5, 250, 4), update("b", 6, 7, 1)])
+            .unwrap();
         let cps = s.checkpoints("a").unwrap();
         assert_eq!(cps.len(), 1);
         assert_eq!(cps[0].offset, 250);
@@ -238,7 +271,8 @@ mod tests {
     #[test]
     fn prune_keeps_only_live_files() {
         let s = Store::in_memory().unwrap();
-        s.checkpoint(&[update("a", 5, 1, 1), update("a", 6, 1, 1)]).unwrap();
+        s.checkpoint(&[update("a", 5, 1, 1), update("a", 6, 1, 1)])
+            .unwrap();
         s.prune_checkpoints("a", &[(1, 6)]).unwrap();
         let cps = s.checkpoints("a").unwrap();
         assert_eq!(cps.len(), 1);

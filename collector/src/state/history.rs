@@ -84,19 +84,30 @@ pub(super) fn record_columns(version: i64) -> String {
     let v3 = "last_pid, started_at, finished_at";
     format!(
         "identity, lifecycle, exit_code, oom_killed, first_seen_ms, exited_ms, removed_ms, last_seen_ms, {}, {}",
-        if version >= 2 { v2 } else { "NULL, NULL, NULL, NULL, NULL, NULL" },
+        if version >= 2 {
+            v2
+        } else {
+            "NULL, NULL, NULL, NULL, NULL, NULL"
+        },
         if version >= 3 { v3 } else { "NULL, NULL, NULL" },
     )
 }
 
 /// Decodes a row selected with [`record_columns`].
-pub(super) fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<ContainerRecord, StateError>> {
+pub(super) fn record_from_row(
+    r: &rusqlite::Row<'_>,
+) -> rusqlite::Result<Result<ContainerRecord, StateError>> {
     let json: String = r.get(0)?;
     let lifecycle: String = r.get(1)?;
     let death_source: Option<String> = r.get(12)?;
     let identity = match serde_json::from_str(&json) {
         Ok(identity) => identity,
-        Err(source) => return Ok(Err(StateError::Decode { what: "identity", source })),
+        Err(source) => {
+            return Ok(Err(StateError::Decode {
+                what: "identity",
+                source,
+            }));
+        }
     };
     Ok(Ok(ContainerRecord {
         identity,
@@ -177,8 +188,14 @@ impl Store {
         exit_code: Option<i64>,
         oom_killed: Option<bool>,
     ) -> Result<(), StateError> {
-        let q = |source| StateError::Query { operation: "record container", source };
-        let json = serde_json::to_string(identity).map_err(|source| StateError::Decode { what: "identity", source })?;
+        let q = |source| StateError::Query {
+            operation: "record container",
+            source,
+        };
+        let json = serde_json::to_string(identity).map_err(|source| StateError::Decode {
+            what: "identity",
+            source,
+        })?;
         let ecs = identity.ecs.as_ref();
         let now = now_ms();
         let (exited, removed) = match lifecycle {
@@ -227,7 +244,10 @@ impl Store {
     /// # Errors
     /// The write failed.
     pub fn record_death(&self, container_id: &str, death: &Death) -> Result<(), StateError> {
-        let q = |source| StateError::Query { operation: "record death", source };
+        let q = |source| StateError::Query {
+            operation: "record death",
+            source,
+        };
         self.lock()
             .execute(
                 "UPDATE containers SET
@@ -255,7 +275,10 @@ impl Store {
     /// # Errors
     /// The write failed.
     pub fn record_oom_kill(&self, container_id: &str, victim_pid: i32) -> Result<(), StateError> {
-        let q = |source| StateError::Query { operation: "record OOM kill", source };
+        let q = |source| StateError::Query {
+            operation: "record OOM kill",
+            source,
+        };
         self.lock()
             .execute(
                 "UPDATE containers SET oom_killed = 1, oom_victim_pid = ?2 WHERE container_id = ?1",
@@ -270,7 +293,10 @@ impl Store {
     /// # Errors
     /// The write failed.
     pub fn record_discovered_via(&self, container_id: &str, via: &str) -> Result<(), StateError> {
-        let q = |source| StateError::Query { operation: "record discovery source", source };
+        let q = |source| StateError::Query {
+            operation: "record discovery source",
+            source,
+        };
         self.lock()
             .execute(
                 "UPDATE containers SET discovered_via = coalesce(discovered_via, ?2) WHERE container_id = ?1",
@@ -285,9 +311,19 @@ impl Store {
     /// # Errors
     /// The read failed or the stored identity does not decode.
     pub fn container(&self, container_id: &str) -> Result<Option<ContainerRecord>, StateError> {
-        let q = |source| StateError::Query { operation: "read container", source };
-        let sql = format!("SELECT {} FROM containers WHERE container_id = ?1", record_columns(self.version));
-        let row = self.lock().query_row(&sql, [container_id], record_from_row).optional().map_err(q)?;
+        let q = |source| StateError::Query {
+            operation: "read container",
+            source,
+        };
+        let sql = format!(
+            "SELECT {} FROM containers WHERE container_id = ?1",
+            record_columns(self.version)
+        );
+        let row = self
+            .lock()
+            .query_row(&sql, [container_id], record_from_row)
+            .optional()
+            .map_err(q)?;
         row.transpose()
     }
 
@@ -303,7 +339,10 @@ impl Store {
         started_at: Option<&str>,
         finished_at: Option<&str>,
     ) -> Result<(), StateError> {
-        let q = |source| StateError::Query { operation: "record container run", source };
+        let q = |source| StateError::Query {
+            operation: "record container run",
+            source,
+        };
         self.lock()
             .execute(
                 "UPDATE containers SET last_pid = coalesce(?2, last_pid),
@@ -321,7 +360,10 @@ impl Store {
     /// # Errors
     /// The write failed.
     pub fn expire_history(&self, retention_ms: i64) -> Result<usize, StateError> {
-        let q = |source| StateError::Query { operation: "expire history", source };
+        let q = |source| StateError::Query {
+            operation: "expire history",
+            source,
+        };
         let cutoff = now_ms() - retention_ms;
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(q)?;
@@ -338,7 +380,10 @@ impl Store {
         )
         .map_err(q)?;
         let n = tx
-            .execute("DELETE FROM containers WHERE removed_ms IS NOT NULL AND removed_ms < ?1", [cutoff])
+            .execute(
+                "DELETE FROM containers WHERE removed_ms IS NOT NULL AND removed_ms < ?1",
+                [cutoff],
+            )
             .map_err(q)?;
         tx.commit().map_err(q)?;
         Ok(n)
@@ -354,12 +399,25 @@ mod tests {
     fn history_survives_exit_and_removal() {
         let s = Store::in_memory().unwrap();
         let mut id = ContainerIdentity::new(ContainerId::parse(&"a".repeat(64)).unwrap());
-        id.ecs = Some(EcsTask { task_id: TaskId::parse(&"b".repeat(32)), ..Default::default() });
-        s.record_container(&id, Lifecycle::Running, None, None).unwrap();
-        s.record_container(&id, Lifecycle::Exited, Some(137), Some(true)).unwrap();
-        s.record_run(&"a".repeat(64), Some(4242), Some("2026-01-01T00:00:00Z"), None).unwrap();
-        s.record_run(&"a".repeat(64), None, None, Some("2026-01-01T00:00:09Z")).unwrap();
-        s.record_container(&id, Lifecycle::Removed, None, None).unwrap();
+        id.ecs = Some(EcsTask {
+            task_id: TaskId::parse(&"b".repeat(32)),
+            ..Default::default()
+        });
+        s.record_container(&id, Lifecycle::Running, None, None)
+            .unwrap();
+        s.record_container(&id, Lifecycle::Exited, Some(137), Some(true))
+            .unwrap();
+        s.record_run(
+            &"a".repeat(64),
+            Some(4242),
+            Some("2026-01-01T00:00:00Z"),
+            None,
+        )
+        .unwrap();
+        s.record_run(&"a".repeat(64), None, None, Some("2026-01-01T00:00:09Z"))
+            .unwrap();
+        s.record_container(&id, Lifecycle::Removed, None, None)
+            .unwrap();
         let r = s.container(&"a".repeat(64)).unwrap().unwrap();
         assert_eq!(r.last_pid, Some(4242));
         assert_eq!(r.started_at.as_deref(), Some("2026-01-01T00:00:00Z"));
@@ -369,7 +427,10 @@ mod tests {
         assert_eq!(r.oom_killed, Some(true));
         assert!(r.exited_ms.is_some() && r.removed_ms.is_some());
         assert_eq!(r.identity, id);
-        assert_eq!((r.exit_signal, r.died_ms, r.death_source), (None, None, None));
+        assert_eq!(
+            (r.exit_signal, r.died_ms, r.death_source),
+            (None, None, None)
+        );
         assert_eq!(s.expire_history(3_600_000).unwrap(), 0);
         assert_eq!(s.expire_history(-1).unwrap(), 1);
         assert!(s.container(&"a".repeat(64)).unwrap().is_none());
@@ -380,7 +441,8 @@ mod tests {
         let s = Store::in_memory().unwrap();
         let id = ContainerIdentity::new(ContainerId::parse(&"c".repeat(64)).unwrap());
         let key = "c".repeat(64);
-        s.record_container(&id, Lifecycle::Running, None, None).unwrap();
+        s.record_container(&id, Lifecycle::Running, None, None)
+            .unwrap();
         s.record_discovered_via(&key, "ebpf").unwrap();
         s.record_discovered_via(&key, "docker_root").unwrap();
         s.record_oom_kill(&key, 4321).unwrap();
@@ -395,10 +457,17 @@ mod tests {
         };
         s.record_death(&key, &death).unwrap();
         // Docker's later view of the same exit does not erase what the kernel said.
-        s.record_container(&id, Lifecycle::Exited, Some(137), None).unwrap();
+        s.record_container(&id, Lifecycle::Exited, Some(137), None)
+            .unwrap();
         let r = s.container(&key).unwrap().unwrap();
-        assert_eq!((r.exit_code, r.exit_signal, r.oom_killed, r.oom_victim_pid), (Some(137), Some(9), Some(true), Some(4321)));
-        assert_eq!((r.exit_pid, r.died_ms, r.death_source), (Some(4000), Some(1_700_000_000_000), Some(DeathSource::Ebpf)));
+        assert_eq!(
+            (r.exit_code, r.exit_signal, r.oom_killed, r.oom_victim_pid),
+            (Some(137), Some(9), Some(true), Some(4321))
+        );
+        assert_eq!(
+            (r.exit_pid, r.died_ms, r.death_source),
+            (Some(4000), Some(1_700_000_000_000), Some(DeathSource::Ebpf))
+        );
         assert_eq!(r.discovered_via.as_deref(), Some("ebpf"));
     }
 }

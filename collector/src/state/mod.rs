@@ -47,7 +47,9 @@ pub enum StateError {
         source: rusqlite::Error,
     },
     /// The file was written by a newer collector.
-    #[error("state database {path} has schema version {found}, newer than this build's {SCHEMA_VERSION}")]
+    #[error(
+        "state database {path} has schema version {found}, newer than this build's {SCHEMA_VERSION}"
+    )]
     NewerSchema {
         /// The file.
         path: PathBuf,
@@ -96,10 +98,15 @@ impl Store {
     /// by a newer version.
     pub fn open(path: &Path) -> Result<Self, StateError> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|source| StateError::CreateDataDir { path: dir.to_owned(), source })?;
+            std::fs::create_dir_all(dir).map_err(|source| StateError::CreateDataDir {
+                path: dir.to_owned(),
+                source,
+            })?;
         }
-        let open_err = |source| StateError::Open { path: path.to_owned(), source };
+        let open_err = |source| StateError::Open {
+            path: path.to_owned(),
+            source,
+        };
         let conn = Connection::open(path).map_err(open_err)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
@@ -108,12 +115,20 @@ impl Store {
              PRAGMA foreign_keys = ON;",
         )
         .map_err(open_err)?;
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(open_err)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(open_err)?;
         if version > SCHEMA_VERSION {
-            return Err(StateError::NewerSchema { path: path.to_owned(), found: version });
+            return Err(StateError::NewerSchema {
+                path: path.to_owned(),
+                found: version,
+            });
         }
         migrate(&conn, version).map_err(open_err)?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)), version: SCHEMA_VERSION })
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            version: SCHEMA_VERSION,
+        })
     }
 
     /// Opens an existing database read-only, for `collector inspect` and the control API:
@@ -124,15 +139,30 @@ impl Store {
     /// The file does not exist or is not a database, or it was written by a newer version.
     pub fn open_read_only(path: &Path) -> Result<Self, StateError> {
         use rusqlite::OpenFlags;
-        let open_err = |source| StateError::Open { path: path.to_owned(), source };
-        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        let open_err = |source| StateError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(open_err)?;
+        conn.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;")
             .map_err(open_err)?;
-        conn.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;").map_err(open_err)?;
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(open_err)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(open_err)?;
         if version > SCHEMA_VERSION {
-            return Err(StateError::NewerSchema { path: path.to_owned(), found: version });
+            return Err(StateError::NewerSchema {
+                path: path.to_owned(),
+                found: version,
+            });
         }
-        Ok(Self { conn: Arc::new(Mutex::new(conn)), version })
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            version,
+        })
     }
 
     /// An in-memory database, for tests.
@@ -140,10 +170,18 @@ impl Store {
     /// # Errors
     /// Only if SQLite itself fails.
     pub fn in_memory() -> Result<Self, StateError> {
-        let conn = Connection::open_in_memory()
-            .map_err(|source| StateError::Open { path: ":memory:".into(), source })?;
-        migrate(&conn, 0).map_err(|source| StateError::Open { path: ":memory:".into(), source })?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)), version: SCHEMA_VERSION })
+        let conn = Connection::open_in_memory().map_err(|source| StateError::Open {
+            path: ":memory:".into(),
+            source,
+        })?;
+        migrate(&conn, 0).map_err(|source| StateError::Open {
+            path: ":memory:".into(),
+            source,
+        })?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            version: SCHEMA_VERSION,
+        })
     }
 
     /// The schema version of the file: a read-only handle may look at an older file whose
@@ -271,7 +309,10 @@ mod tests {
             s.lock().execute("INSERT INTO sources (source, container_id, path, updated_ms) VALUES ('a','b','c',0)", []).unwrap();
         }
         let s = Store::open(&path).unwrap();
-        let n: i64 = s.lock().query_row("SELECT count(*) FROM sources", [], |r| r.get(0)).unwrap();
+        let n: i64 = s
+            .lock()
+            .query_row("SELECT count(*) FROM sources", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(n, 1);
     }
 
@@ -291,12 +332,16 @@ mod tests {
         }
         let s = Store::open(&path).unwrap();
         let conn = s.lock();
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(version, SCHEMA_VERSION);
         let row: (i64, bool, Option<i64>, Option<String>) = conn
-            .query_row("SELECT exit_code, oom_killed, exit_signal, death_source FROM containers", [], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })
+            .query_row(
+                "SELECT exit_code, oom_killed, exit_signal, death_source FROM containers",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
             .unwrap();
         assert_eq!(row, (137, true, None, None));
     }
@@ -305,8 +350,15 @@ mod tests {
     fn newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
-        Store::open(&path).unwrap().lock().execute_batch("PRAGMA user_version = 99").unwrap();
-        assert!(matches!(Store::open(&path), Err(StateError::NewerSchema { found: 99, .. })));
+        Store::open(&path)
+            .unwrap()
+            .lock()
+            .execute_batch("PRAGMA user_version = 99")
+            .unwrap();
+        assert!(matches!(
+            Store::open(&path),
+            Err(StateError::NewerSchema { found: 99, .. })
+        ));
     }
 
     #[test]
@@ -321,11 +373,17 @@ mod tests {
         assert_eq!(ro.schema_version(), 1);
         let s = Store::open(&path).unwrap();
         assert_eq!(s.schema_version(), SCHEMA_VERSION);
-        let n: i64 = s.lock().query_row("SELECT count(last_pid) FROM containers", [], |r| r.get(0)).unwrap();
+        let n: i64 = s
+            .lock()
+            .query_row("SELECT count(last_pid) FROM containers", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(n, 0);
         let ro = Store::open_read_only(&path).unwrap();
         assert_eq!(ro.schema_version(), SCHEMA_VERSION);
-        assert!(ro.lock().execute("DELETE FROM containers", []).is_err(), "read-only handle wrote");
+        assert!(
+            ro.lock().execute("DELETE FROM containers", []).is_err(),
+            "read-only handle wrote"
+        );
     }
 
     #[test]

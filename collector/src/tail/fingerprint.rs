@@ -33,13 +33,20 @@ impl Fingerprint {
         let meta = file.metadata()?;
         let len = meta.len().min(limit).min(u64::from(HEAD_BYTES)) as u32;
         let head_hash = hash_head(file, len)?;
-        Ok(Self { dev: meta.dev(), ino: meta.ino(), head_len: len, head_hash })
+        Ok(Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            head_len: len,
+            head_hash,
+        })
     }
 
     /// Whether `file` is the file this fingerprint was taken of: same device and inode, and
     /// the same bytes at its head.
     pub fn matches(&self, file: &File) -> bool {
-        let Ok(meta) = file.metadata() else { return false };
+        let Ok(meta) = file.metadata() else {
+            return false;
+        };
         meta.dev() == self.dev
             && meta.ino() == self.ino
             && meta.len() >= u64::from(self.head_len)
@@ -83,9 +90,15 @@ mod tests {
         let fp = Fingerprint::of(&File::open(&path).unwrap(), u64::MAX).unwrap();
         assert_eq!(fp.head_len, 18);
         f.write_all(b"more\n").unwrap();
-        assert!(fp.matches(&File::open(&path).unwrap()), "growing keeps identity");
+        assert!(
+            fp.matches(&File::open(&path).unwrap()),
+            "growing keeps identity"
+        );
         std::fs::write(&path, b"other line\nsecond\n").unwrap();
-        assert!(!fp.matches(&File::open(&path).unwrap()), "same inode, new content");
+        assert!(
+            !fp.matches(&File::open(&path).unwrap()),
+            "same inode, new content"
+        );
         assert!(!fp.matches(&File::create(dir.path().join("g")).unwrap()));
     }
 

@@ -149,9 +149,7 @@ impl BufferPool {
     /// whose fresh pages cost nothing until written).
     pub(crate) fn take(&self) -> Vec<u8> {
         self.out.fetch_add(1, Ordering::AcqRel);
-        self.lock_free()
-            .pop()
-            .unwrap_or_else(|| vec![0; self.size])
+        self.lock_free().pop().unwrap_or_else(|| vec![0; self.size])
     }
 
     /// Takes back a buffer from [`take`](Self::take).
@@ -165,7 +163,9 @@ impl BufferPool {
 
     fn lock_free(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
         // A panic while holding this lock leaves a plain Vec of buffers: still valid.
-        self.free.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.free
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -298,7 +298,10 @@ impl LineFramer {
         };
         // A `Read` impl that claims more than it was given is broken; trusting it would expose
         // stale bytes as file content.
-        assert!(n <= want, "Read::read returned {n} for a buffer of {want} bytes");
+        assert!(
+            n <= want,
+            "Read::read returned {n} for a buffer of {want} bytes"
+        );
         fill.buf[..carried].copy_from_slice(&self.chunk[self.pos..]);
         let filled = carried + n;
         // What was carried holds no '\n' after the old `lines_end`, so only the new bytes are
@@ -470,7 +473,12 @@ impl OwnedFrame {
 
     /// The frame, borrowed.
     pub(crate) fn frame(&self) -> Frame<'_> {
-        Frame::whole(&self.bytes, self.start_offset, self.end_offset, self.truncated)
+        Frame::whole(
+            &self.bytes,
+            self.start_offset,
+            self.end_offset,
+            self.truncated,
+        )
     }
 }
 
@@ -665,7 +673,7 @@ mod tests {
         assert_eq!(framer.pending_bytes(), 3);
         framer.read_from(&mut &b"d\nef"[..]).unwrap();
         let frame = framer.next_frame().unwrap();
-        assert_eq!(&frame.bytes[..], b"abcd");
+        assert_eq!(frame.bytes, b"abcd");
         assert_eq!((frame.start_offset, frame.end_offset), (0, 5));
         assert!(framer.next_frame().is_none());
         assert_eq!(framer.offset_committed(), 5);
@@ -690,7 +698,11 @@ mod tests {
             while framer.next_frame().is_some() {}
         }
         assert_eq!(&held[..16], line);
-        assert_eq!(pool.outstanding(), 2, "the held chunk and the framer's current one");
+        assert_eq!(
+            pool.outstanding(),
+            2,
+            "the held chunk and the framer's current one"
+        );
         drop(held);
         assert_eq!(pool.outstanding(), 1);
         let free = pool.free_buffers();

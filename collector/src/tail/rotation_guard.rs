@@ -113,8 +113,14 @@ impl RotationGuard {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .add(&dir, WatchMask::CREATE | WatchMask::MOVED_TO)
-            .map_err(|source| RotationGuardError::Watch { dir: dir.clone(), source })?;
-        let entry = registry.entry(wd).or_insert_with(|| DirWatch { dir, subscribers: Vec::new() });
+            .map_err(|source| RotationGuardError::Watch {
+                dir: dir.clone(),
+                source,
+            })?;
+        let entry = registry.entry(wd).or_insert_with(|| DirWatch {
+            dir,
+            subscribers: Vec::new(),
+        });
         entry.subscribers.retain(|s| !s.tx.is_closed());
         entry.subscribers.push(Subscriber { name, tx });
         Ok(rx)
@@ -142,7 +148,9 @@ fn run(mut inotify: Inotify, registry: Registry) {
         let mut registry = registry.lock().unwrap_or_else(|p| p.into_inner());
         for event in events {
             if event.mask.contains(EventMask::Q_OVERFLOW) {
-                warn!("Rotation guard's inotify queue overflowed; tailers fall back to scanning rotated names.");
+                warn!(
+                    "Rotation guard's inotify queue overflowed; tailers fall back to scanning rotated names."
+                );
                 continue;
             }
             if event.mask.contains(EventMask::IGNORED) {
@@ -150,7 +158,9 @@ fn run(mut inotify: Inotify, registry: Registry) {
                 continue;
             }
             let Some(name) = event.name else { continue };
-            let Some(watch) = registry.get_mut(&event.wd) else { continue };
+            let Some(watch) = registry.get_mut(&event.wd) else {
+                continue;
+            };
             watch.subscribers.retain(|s| !s.tx.is_closed());
             for sub in watch.subscribers.iter().filter(|s| s.name == name) {
                 // By the time this runs, the file created may already have been renamed to
@@ -166,8 +176,11 @@ fn run(mut inotify: Inotify, registry: Registry) {
             }
         }
         // Drop directories nobody listens to any more.
-        let dead: Vec<WatchDescriptor> =
-            registry.iter().filter(|(_, w)| w.subscribers.iter().all(|s| s.tx.is_closed())).map(|(wd, _)| wd.clone()).collect();
+        let dead: Vec<WatchDescriptor> = registry
+            .iter()
+            .filter(|(_, w)| w.subscribers.iter().all(|s| s.tx.is_closed()))
+            .map(|(wd, _)| wd.clone())
+            .collect();
         if !dead.is_empty() {
             let mut watches = inotify.watches();
             for wd in dead {
@@ -201,7 +214,10 @@ mod tests {
         }
         let mut got = Vec::new();
         while got.len() < 10 {
-            let mut f = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+            let mut f = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
             let mut s = String::new();
             f.read_to_string(&mut s).unwrap();
             got.push(s);

@@ -109,7 +109,13 @@ struct OpenFile {
 
 /// The size and modification and change times of a file, to tell whether it was written.
 fn stamp(meta: &std::fs::Metadata) -> (u64, i64, i64, i64, i64) {
-    (meta.len(), meta.mtime(), meta.mtime_nsec(), meta.ctime(), meta.ctime_nsec())
+    (
+        meta.len(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec(),
+    )
 }
 
 /// The tailer's state for one source.
@@ -140,7 +146,12 @@ impl Tailer {
     ///
     /// # Errors
     /// Reading the checkpoints failed (the state database is unusable).
-    pub fn new(spec: SourceSpec, settings: TailConfig, store: Store, tx: mpsc::Sender<Batch>) -> Result<Self, crate::state::StateError> {
+    pub fn new(
+        spec: SourceSpec,
+        settings: TailConfig,
+        store: Store,
+        tx: mpsc::Sender<Batch>,
+    ) -> Result<Self, crate::state::StateError> {
         let checkpoints = store.checkpoints(&spec.info.key)?;
         let decoder = Decoder::new(spec.format, settings.max_line_bytes);
         let pool = BufferPool::new(settings.read_bytes);
@@ -161,7 +172,10 @@ impl Tailer {
         t.open_initial(&checkpoints);
         t.current = t.queue.pop_front();
         // Bytes before the starting offset were counted by an earlier run.
-        t.last_sent_offset = t.current.as_ref().map(|c| (c.fp, c.framer.offset_committed()));
+        t.last_sent_offset = t
+            .current
+            .as_ref()
+            .map(|c| (c.fp, c.framer.offset_committed()));
         Ok(t)
     }
 
@@ -184,7 +198,10 @@ impl Tailer {
             return;
         }
         let matched = chain.iter().enumerate().rev().find_map(|(i, (file, _))| {
-            checkpoints.iter().find(|cp| cp.fingerprint.matches(file)).map(|cp| (i, cp.offset))
+            checkpoints
+                .iter()
+                .find(|cp| cp.fingerprint.matches(file))
+                .map(|cp| (i, cp.offset))
         });
         let (start, offset) = match matched {
             Some(m) => m,
@@ -224,10 +241,24 @@ impl Tailer {
                     warn!(path = %path.display(), error = %e, "Cannot seek to checkpoint; skipping file.");
                     return;
                 }
-                let framer = LineFramer::with_pool(offset, self.pool.clone(), self.spec.format.max_frame_bytes(self.settings.max_line_bytes));
-                self.queue.push_back(OpenFile { file, path, fp, framer, head_checked: None });
+                let framer = LineFramer::with_pool(
+                    offset,
+                    self.pool.clone(),
+                    self.spec
+                        .format
+                        .max_frame_bytes(self.settings.max_line_bytes),
+                );
+                self.queue.push_back(OpenFile {
+                    file,
+                    path,
+                    fp,
+                    framer,
+                    head_checked: None,
+                });
             }
-            Err(e) => debug!(path = %path.display(), error = %e, "File vanished before it could be read."),
+            Err(e) => {
+                debug!(path = %path.display(), error = %e, "File vanished before it could be read.")
+            }
         }
     }
 
@@ -241,26 +272,40 @@ impl Tailer {
     /// Whether the file is open here. An open descriptor pins its inode, so the number alone
     /// is enough.
     fn is_open(&self, dev: u64, ino: u64) -> bool {
-        self.current.iter().chain(self.queue.iter()).any(|f| f.fp.same_inode(dev, ino))
+        self.current
+            .iter()
+            .chain(self.queue.iter())
+            .any(|f| f.fp.same_inode(dev, ino))
     }
 
     /// Whether `file` is one already read to its end.
     fn is_completed(&self, file: &File) -> bool {
         // An empty file proves nothing by its head; reading it again costs nothing.
-        self.completed.iter().any(|fp| fp.head_len > 0 && fp.matches(file))
+        self.completed
+            .iter()
+            .any(|fp| fp.head_len > 0 && fp.matches(file))
     }
 
     /// Opens files of the chain that are newer than every file held, in age order.
     fn pick_up_new_files(&mut self) {
         // First the files the rotation guard opened at creation, in creation order.
-        while let Some(file) = self.spec.new_files.as_mut().and_then(|rx| rx.try_recv().ok()) {
+        while let Some(file) = self
+            .spec
+            .new_files
+            .as_mut()
+            .and_then(|rx| rx.try_recv().ok())
+        {
             let Ok(meta) = file.metadata() else { continue };
             if self.is_open(meta.dev(), meta.ino()) || self.is_completed(&file) {
                 continue;
             }
             if self.current.is_some() {
                 self.counters.rotations += 1;
-                internal_events::LogFileRotated { source: &self.spec.info.key, path: &self.spec.path }.emit();
+                internal_events::LogFileRotated {
+                    source: &self.spec.info.key,
+                    path: &self.spec.path,
+                }
+                .emit();
             }
             self.push_file(file, self.spec.path.clone(), 0);
         }
@@ -268,13 +313,19 @@ impl Tailer {
         // could queue a newer file before an older one the guard still holds. The scan is
         // the fallback for sources without a guard.
         // A scan every second still repairs what the guard missed (its queue overflowed).
-        if self.spec.new_files.is_some() && self.current.is_some() && self.last_name_scan.elapsed() < NAME_SCAN_WITH_GUARD {
+        if self.spec.new_files.is_some()
+            && self.current.is_some()
+            && self.last_name_scan.elapsed() < NAME_SCAN_WITH_GUARD
+        {
             return;
         }
         self.last_name_scan = Instant::now();
         let chain = list_chain(&self.spec.path);
         let newest_held = chain.iter().rposition(|&(_, dev, ino)| {
-            self.current.iter().chain(self.queue.iter()).any(|f| f.fp.same_inode(dev, ino))
+            self.current
+                .iter()
+                .chain(self.queue.iter())
+                .any(|f| f.fp.same_inode(dev, ino))
         });
         let from = newest_held.map_or(0, |i| i + 1);
         for (path, dev, ino) in chain.into_iter().skip(from) {
@@ -286,7 +337,11 @@ impl Tailer {
                     if file.metadata().is_ok_and(|m| m.ino() == ino) && !self.is_completed(&file) {
                         if self.current.is_some() {
                             self.counters.rotations += 1;
-                            internal_events::LogFileRotated { source: &self.spec.info.key, path: &path }.emit();
+                            internal_events::LogFileRotated {
+                                source: &self.spec.info.key,
+                                path: &path,
+                            }
+                            .emit();
                         }
                         self.push_file(file, path, 0);
                     }
@@ -317,7 +372,9 @@ impl Tailer {
             // is read again from 0, even when a rotation is also waiting.
             self.check_truncation();
             if self.current.is_none() {
-                if !*self.spec.running.borrow() && quiet_since.is_some_and(|t| t.elapsed() >= self.settings.exit_settle) {
+                if !*self.spec.running.borrow()
+                    && quiet_since.is_some_and(|t| t.elapsed() >= self.settings.exit_settle)
+                {
                     return TailOutcome::Finished;
                 }
                 quiet_since.get_or_insert_with(Instant::now);
@@ -330,16 +387,27 @@ impl Tailer {
                 Ok(permit) => permit,
                 Err(outcome) => return outcome,
             };
-            let Some(cur) = self.current.as_mut() else { continue };
+            let Some(cur) = self.current.as_mut() else {
+                continue;
+            };
             let newer_file_waiting = !self.queue.is_empty();
-            let read = read_pass(cur, &mut self.decoder, &mut records, &mut self.counters, &self.settings, &self.spec.info.key);
+            let read = read_pass(
+                cur,
+                &mut self.decoder,
+                &mut records,
+                &mut self.counters,
+                &self.settings,
+                &self.spec.info.key,
+            );
             let at_eof = read.eof;
             if read.bytes == 0 && at_eof && quiet_since.is_none() {
                 // Going quiet: a file that gets a line now and then needs no spare buffers.
                 cur.framer.release_idle_memory();
             }
             if (!records.is_empty() || self.offset_moved())
-                && let Some(outcome) = self.send(&mut records, false, Some(permit), &shutdown).await
+                && let Some(outcome) = self
+                    .send(&mut records, false, Some(permit), &shutdown)
+                    .await
             {
                 return outcome;
             }
@@ -381,7 +449,10 @@ impl Tailer {
 
     /// Waits until this source may read a pass: fewer than [`MAX_BUFFERS_IN_FLIGHT`] of its
     /// buffers out, and a place in the sinks' channel for the batch the pass will cut.
-    async fn make_room(&mut self, shutdown: &CancellationToken) -> Result<mpsc::OwnedPermit<Batch>, TailOutcome> {
+    async fn make_room(
+        &mut self,
+        shutdown: &CancellationToken,
+    ) -> Result<mpsc::OwnedPermit<Batch>, TailOutcome> {
         if self.pool.outstanding() >= MAX_BUFFERS_IN_FLIGHT {
             let pool = self.pool.clone();
             let mut rescan = rescan_interval().await;
@@ -399,7 +470,10 @@ impl Tailer {
 
     /// A place in the sinks' channel. While the sinks hold us back, keeps opening rotated
     /// files so they cannot be deleted from under us.
-    async fn reserve(&mut self, shutdown: &CancellationToken) -> Result<mpsc::OwnedPermit<Batch>, TailOutcome> {
+    async fn reserve(
+        &mut self,
+        shutdown: &CancellationToken,
+    ) -> Result<mpsc::OwnedPermit<Batch>, TailOutcome> {
         // Most of the time there is room: no timer, no wait.
         if let Ok(permit) = self.tx.clone().try_reserve_owned() {
             return Ok(permit);
@@ -426,13 +500,19 @@ impl Tailer {
 
     /// The current file will grow no more: emit what the decoder and framer hold and move on.
     fn finish_current_file(&mut self, records: &mut LogRecords) {
-        let Some(mut cur) = self.current.take() else { return };
+        let Some(mut cur) = self.current.take() else {
+            return;
+        };
         debug!(source = %self.spec.info.key, ino = cur.fp.ino, offset = cur.framer.read_offset(), "Log file read to its end.");
         let now = now_rfc3339();
         while let Some(frame) = cur.framer.take_partial() {
             if let Err(e) = self.decoder.decode(frame, &now, records) {
                 self.counters.skipped += 1;
-                internal_events::LogLineSkipped { source: &self.spec.info.key, error: &e }.emit();
+                internal_events::LogLineSkipped {
+                    source: &self.spec.info.key,
+                    error: &e,
+                }
+                .emit();
             }
         }
         self.decoder.flush_pending(records);
@@ -445,25 +525,42 @@ impl Tailer {
     }
 
     fn check_truncation(&mut self) {
-        let Some(cur) = self.current.as_mut() else { return };
-        let Ok(meta) = cur.file.metadata() else { return };
+        let Some(cur) = self.current.as_mut() else {
+            return;
+        };
+        let Ok(meta) = cur.file.metadata() else {
+            return;
+        };
         let offset = cur.framer.read_offset();
         let unchanged = cur.head_checked == Some(stamp(&meta));
         // Shrunk below what we read: truncated. Same size or larger but a different head:
         // truncated and already written again before we looked (copytruncate under load).
-        let truncated = meta.len() < offset || (cur.fp.head_len > 0 && !unchanged && !cur.fp.matches(&cur.file));
+        let truncated = meta.len() < offset
+            || (cur.fp.head_len > 0 && !unchanged && !cur.fp.matches(&cur.file));
         if !truncated {
             cur.head_checked = Some(stamp(&meta));
         }
         if truncated {
             cur.head_checked = None;
             self.counters.truncations += 1;
-            internal_events::LogFileTruncated { source: &self.spec.info.key, path: &cur.path, size: meta.len(), offset }.emit();
+            internal_events::LogFileTruncated {
+                source: &self.spec.info.key,
+                path: &cur.path,
+                size: meta.len(),
+                offset,
+            }
+            .emit();
             // The descriptor still names the same inode, wherever it was renamed to since.
             if io::Seek::seek(&mut cur.file, io::SeekFrom::Start(0)).is_err() {
                 return;
             }
-            cur.framer = LineFramer::with_pool(0, self.pool.clone(), self.spec.format.max_frame_bytes(self.settings.max_line_bytes));
+            cur.framer = LineFramer::with_pool(
+                0,
+                self.pool.clone(),
+                self.spec
+                    .format
+                    .max_frame_bytes(self.settings.max_line_bytes),
+            );
             self.decoder = Decoder::new(self.spec.format, self.settings.max_line_bytes);
             if let Ok(fp) = Fingerprint::of(&cur.file, u64::MAX) {
                 cur.fp = fp;
@@ -480,12 +577,18 @@ impl Tailer {
         if let Some(p) = self.decoder.pending_start() {
             offset = offset.min(p);
         }
-        Some((refresh_fp(&cur.file, cur.fp, offset), cur.path.clone(), offset))
+        Some((
+            refresh_fp(&cur.file, cur.fp, offset),
+            cur.path.clone(),
+            offset,
+        ))
     }
 
     fn offset_moved(&self) -> bool {
         match (self.ack_position(), &self.last_sent_offset) {
-            (Some((fp, _, off)), Some((lfp, loff))) => !(fp.same_inode(lfp.dev, lfp.ino) && off == *loff),
+            (Some((fp, _, off)), Some((lfp, loff))) => {
+                !(fp.same_inode(lfp.dev, lfp.ino) && off == *loff)
+            }
             (Some(_), None) => true,
             (None, _) => false,
         }
@@ -522,11 +625,18 @@ impl Tailer {
             identity: self.spec.identity.borrow().clone(),
             // The next batch is likely the size of this one: a busy file's batches do not
             // reallocate as they fill, a quiet file's (a thousand of them) hold no spare room.
-            records: std::mem::replace(records, LogRecords::with_pool(records.len(), self.pool.clone())),
+            records: std::mem::replace(
+                records,
+                LogRecords::with_pool(records.len(), self.pool.clone()),
+            ),
             ack: CheckpointUpdate {
                 source: self.spec.info.key.clone(),
                 container_id: self.spec.info.container_id.to_string(),
-                checkpoint: Checkpoint { fingerprint: fp, path: path.to_string_lossy().into_owned(), offset },
+                checkpoint: Checkpoint {
+                    fingerprint: fp,
+                    path: path.to_string_lossy().into_owned(),
+                    offset,
+                },
                 counters,
             },
             last,
@@ -566,10 +676,14 @@ fn read_pass(
     if size <= cur.framer.read_offset() {
         // Nothing new: end of file without a read. Sound for rotation too: a writer's last
         // write to a file comes before it creates the next one, which we saw before this.
-        return ReadPass { bytes: 0, eof: true };
+        return ReadPass {
+            bytes: 0,
+            eof: true,
+        };
     }
     loop {
-        let expected = usize::try_from(size.saturating_sub(cur.framer.read_offset())).unwrap_or(usize::MAX);
+        let expected =
+            usize::try_from(size.saturating_sub(cur.framer.read_offset())).unwrap_or(usize::MAX);
         let n = match cur.framer.read_at_most(&mut cur.file, expected) {
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -582,14 +696,24 @@ fn read_pass(
         while let Some(frame) = cur.framer.next_frame() {
             if let Err(e) = decoder.decode(frame, &now, records) {
                 counters.skipped += 1;
-                internal_events::LogLineSkipped { source: key, error: &e }.emit();
+                internal_events::LogLineSkipped {
+                    source: key,
+                    error: &e,
+                }
+                .emit();
             }
         }
         if n == 0 {
-            return ReadPass { bytes: total, eof: true };
+            return ReadPass {
+                bytes: total,
+                eof: true,
+            };
         }
         if total >= budget || records.len() >= MAX_BATCH_RECORDS {
-            return ReadPass { bytes: total, eof: false };
+            return ReadPass {
+                bytes: total,
+                eof: false,
+            };
         }
     }
 }
@@ -701,7 +825,9 @@ pub async fn spawn_run(tailer: Tailer, shutdown: CancellationToken) -> TailOutco
     let outcome = tailer.run(shutdown).await;
     match outcome {
         TailOutcome::Finished => info!(source = %key, "Log source read to its end."),
-        TailOutcome::Cancelled | TailOutcome::SinkClosed => debug!(source = %key, ?outcome, "Tailer stopped."),
+        TailOutcome::Cancelled | TailOutcome::SinkClosed => {
+            debug!(source = %key, ?outcome, "Tailer stopped.")
+        }
     }
     outcome
 }

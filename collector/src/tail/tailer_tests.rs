@@ -72,7 +72,11 @@ impl Harness {
         }
     }
 
-    fn spawn(&self, tx: mpsc::Sender<Batch>, stop: CancellationToken) -> tokio::task::JoinHandle<TailOutcome> {
+    fn spawn(
+        &self,
+        tx: mpsc::Sender<Batch>,
+        stop: CancellationToken,
+    ) -> tokio::task::JoinHandle<TailOutcome> {
         let spec = SourceSpec {
             info: self.info.clone(),
             path: self.path.clone(),
@@ -87,7 +91,11 @@ impl Harness {
 }
 
 /// Receives batches, records their lines and commits their checkpoints, like the shipper.
-async fn consume(mut rx: mpsc::Receiver<Batch>, store: Store, delivered: Arc<std::sync::Mutex<Vec<String>>>) {
+async fn consume(
+    mut rx: mpsc::Receiver<Batch>,
+    store: Store,
+    delivered: Arc<std::sync::Mutex<Vec<String>>>,
+) {
     while let Some(b) = rx.recv().await {
         let mut d = delivered.lock().unwrap();
         for r in b.records.iter() {
@@ -120,11 +128,18 @@ async fn wait_for(delivered: &Arc<std::sync::Mutex<Vec<String>>>, n: usize) {
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    panic!("timed out waiting for {n} lines, have {}", delivered.lock().unwrap().len());
+    panic!(
+        "timed out waiting for {n} lines, have {}",
+        delivered.lock().unwrap().len()
+    );
 }
 
 fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         let dir = tempfile::tempdir().unwrap();
         let h = Harness::new(dir.path());
@@ -142,7 +157,8 @@ fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     let mut f = OpenOptions::new().append(true).open(&h.path).unwrap();
                     let mut buf = String::new();
                     for _ in 0..n {
-                        let line = format!("line {} {}", written.len(), "x".repeat(written.len() % 97));
+                        let line =
+                            format!("line {} {}", written.len(), "x".repeat(written.len() % 97));
                         buf.push_str(&line);
                         buf.push('\n');
                         written.push(line);
@@ -154,7 +170,11 @@ fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     wait_for(&delivered, written.len()).await;
                     // Let the checkpoint of the last batch land before the file shrinks.
                     tokio::time::sleep(Duration::from_millis(20)).await;
-                    OpenOptions::new().write(true).truncate(true).open(&h.path).unwrap();
+                    OpenOptions::new()
+                        .write(true)
+                        .truncate(true)
+                        .open(&h.path)
+                        .unwrap();
                 }
                 Op::Pause => tokio::time::sleep(Duration::from_millis(15)).await,
                 Op::Restart => {
@@ -174,7 +194,10 @@ fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
         }
         h.running_tx.send_replace(false);
-        let outcome = tokio::time::timeout(Duration::from_secs(20), tailer).await.expect("tailer finishes").unwrap();
+        let outcome = tokio::time::timeout(Duration::from_secs(20), tailer)
+            .await
+            .expect("tailer finishes")
+            .unwrap();
         prop_assert_eq!(outcome, TailOutcome::Finished);
         drop(tx);
         consumer.await.unwrap();
@@ -199,10 +222,29 @@ proptest! {
 #[test]
 fn rotation_burst_while_behind_loses_nothing() {
     // Three rotations before the tailer gets to run: the rotated files are found by name.
-    run_case(vec![Op::Write(50), Op::Rotate, Op::Write(50), Op::Rotate, Op::Write(50), Op::Rotate, Op::Write(5)]).unwrap();
+    run_case(vec![
+        Op::Write(50),
+        Op::Rotate,
+        Op::Write(50),
+        Op::Rotate,
+        Op::Write(50),
+        Op::Rotate,
+        Op::Write(5),
+    ])
+    .unwrap();
 }
 
 #[test]
 fn restart_resumes_at_checkpoint_across_rotation() {
-    run_case(vec![Op::Write(300), Op::Pause, Op::Rotate, Op::Write(20), Op::Restart, Op::Write(7), Op::Rotate, Op::Restart]).unwrap();
+    run_case(vec![
+        Op::Write(300),
+        Op::Pause,
+        Op::Rotate,
+        Op::Write(20),
+        Op::Restart,
+        Op::Write(7),
+        Op::Rotate,
+        Op::Restart,
+    ])
+    .unwrap();
 }

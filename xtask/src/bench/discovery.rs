@@ -47,8 +47,9 @@ pub(crate) fn run(plan: &Plan, report: &mut Report) -> Result<()> {
         .context("starting the Docker daemon")?;
     docker::ensure_image(docker::TEST_IMAGE).context("building the test image")?;
     remove_bench_containers();
-    let docker_root = cmd::output(Command::new("docker").args(["info", "--format", "{{.DockerRootDir}}"]))
-        .context("ask Docker for its root directory")?;
+    let docker_root =
+        cmd::output(Command::new("docker").args(["info", "--format", "{{.DockerRootDir}}"]))
+            .context("ask Docker for its root directory")?;
 
     measure::ensure_binary(&plan.collector)?;
     let dir = plan.work_dir.join("runs").join("discovery");

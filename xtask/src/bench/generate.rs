@@ -325,7 +325,12 @@ fn message(rng: &mut Lcg) -> (String, bool) {
         "replica",
     ];
     const NAMES: &[&str] = &["alice", "bob", "zoë", "müller", "chen", "ola"];
-    const PATHS: &[&str] = &["/api/v1/orders", "/api/v1/users", "/healthz", "/static/app.js"];
+    const PATHS: &[&str] = &[
+        "/api/v1/orders",
+        "/api/v1/users",
+        "/healthz",
+        "/static/app.js",
+    ];
     let n = rng.below(10_000);
     let id = rng.below(100_000);
     let ms = rng.below(2_000);
@@ -544,14 +549,20 @@ mod tests {
         for log in &w.logs {
             let text = fs::read_to_string(log).unwrap();
             json_lines += text.lines().count() as u64;
-            assert!(text.lines().all(|l| l.starts_with(r#"{"log":""#) && l.ends_with("Z\"}")));
+            assert!(
+                text.lines()
+                    .all(|l| l.starts_with(r#"{"log":""#) && l.ends_with("Z\"}"))
+            );
         }
         assert_eq!(json_lines, w.expected.json_lines);
         assert!(w.expected.records <= json_lines && w.expected.records > 1000);
         assert!(w.expected.sink_bytes < w.expected.input_bytes);
         let again = ensure(dir.path(), &spec).unwrap();
         assert_eq!(again.expected, w.expected, "reused from the marker");
-        assert_eq!(parse_expected(&format_expected(&w.expected)), Some(w.expected));
+        assert_eq!(
+            parse_expected(&format_expected(&w.expected)),
+            Some(w.expected)
+        );
         assert_eq!(parse_expected("records=1\n"), None);
     }
 }

@@ -48,11 +48,7 @@ pub(crate) struct Options {
     #[arg(long, value_name = "N")]
     pub(crate) discovery_runs: Option<usize>,
     /// Scenarios to run, comma-separated: `big`, `many`, `idle`, `discovery`.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "big,many,idle,discovery"
-    )]
+    #[arg(long, value_delimiter = ',', default_value = "big,many,idle,discovery")]
     pub(crate) scenarios: Vec<Scenario>,
     /// The collector binary to measure; by default `cargo build --release -p collector` and
     /// its output.

@@ -242,7 +242,8 @@ fn run_other(
         .spawn()
         .with_context(|| format!("start {tool}"))?;
     let started = Instant::now();
-    let progress = measure::wait_for_count(&mut child, workload.expected.input_bytes, &mut bytes_read);
+    let progress =
+        measure::wait_for_count(&mut child, workload.expected.input_bytes, &mut bytes_read);
     let result = progress.and_then(|mut progress| {
         let mut delivered = None;
         let mut check = if progress.count >= workload.expected.input_bytes {
@@ -310,7 +311,9 @@ fn count_lines(path: &Path) -> Result<u64> {
 /// directory: bytes read from the files it tails.
 fn vector_positions(data: &Path) -> u64 {
     fn walk(dir: &Path, total: &mut u64) {
-        let Ok(entries) = fs::read_dir(dir) else { return };
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
         for e in entries.flatten() {
             let path = e.path();
             if path.is_dir() {
@@ -322,8 +325,11 @@ fn vector_positions(data: &Path) -> u64 {
                     .split("\"position\":")
                     .skip(1)
                     .filter_map(|rest| {
-                        let digits: String =
-                            rest.trim_start().chars().take_while(char::is_ascii_digit).collect();
+                        let digits: String = rest
+                            .trim_start()
+                            .chars()
+                            .take_while(char::is_ascii_digit)
+                            .collect();
                         digits.parse::<u64>().ok()
                     })
                     .sum::<u64>();
@@ -354,7 +360,13 @@ const FLUENT_BIT_PARSERS: &str = "[PARSER]
 /// Fluent Bit's configuration: `tail` with the `docker` parser and `Docker_Mode` (joins
 /// Docker's 16 KiB pieces), the file name kept as the container's identity, an offsets DB;
 /// a `null` or `file` output.
-fn fluent_bit_config(dir: &Path, docker_root: &Path, db: &Path, out_dir: &Path, sink: Sink) -> String {
+fn fluent_bit_config(
+    dir: &Path,
+    docker_root: &Path,
+    db: &Path,
+    out_dir: &Path,
+    sink: Sink,
+) -> String {
     let output = match sink {
         Sink::Discard => "[OUTPUT]\n    Name   null\n    Match  *\n".to_owned(),
         Sink::File => format!(
@@ -448,11 +460,23 @@ mod tests {
     #[test]
     fn configs_name_the_inputs() {
         let root = Path::new("/r");
-        let fb = fluent_bit_config(Path::new("/d"), root, Path::new("/d/db"), Path::new("/o"), Sink::File);
-        assert!(fb.contains("Path              /r/containers/*/*-json.log"), "{fb}");
+        let fb = fluent_bit_config(
+            Path::new("/d"),
+            root,
+            Path::new("/d/db"),
+            Path::new("/o"),
+            Sink::File,
+        );
+        assert!(
+            fb.contains("Path              /r/containers/*/*-json.log"),
+            "{fb}"
+        );
         assert!(fb.contains("Name   file"), "{fb}");
         let v = vector_config(Path::new("/d"), root, Path::new("/o.log"), Sink::Discard);
-        assert!(v.contains(r#"include = ["/r/containers/*/*-json.log"]"#), "{v}");
+        assert!(
+            v.contains(r#"include = ["/r/containers/*/*-json.log"]"#),
+            "{v}"
+        );
         assert!(v.contains("blackhole"), "{v}");
     }
 }

@@ -166,7 +166,8 @@ impl Report {
                 cat.map_or("-".to_owned(), |c| format!("{:.1}", r.cpu_per_gb() / c)),
                 r.input_bytes as f64 / 1e6 / wall,
                 r.lines as f64 / wall,
-                r.peak_rss.map_or("-".to_owned(), |b| format!("{:.1}", b as f64 / 1e6)),
+                r.peak_rss
+                    .map_or("-".to_owned(), |b| format!("{:.1}", b as f64 / 1e6)),
                 r.delivered.map_or("-".to_owned(), |d| d.to_string()),
                 match &r.check {
                     Ok(()) => "ok".to_owned(),
@@ -184,7 +185,9 @@ impl Report {
                 i.seconds,
                 idle_percent(i),
                 i.peak_rss as f64 / 1e6,
-                i.check.as_ref().map_or_else(|e| format!("FAIL: {e}"), |()| "lines delivered".to_owned()),
+                i.check
+                    .as_ref()
+                    .map_or_else(|e| format!("FAIL: {e}"), |()| "lines delivered".to_owned()),
             );
         }
         if let Some(d) = &self.discovery {
@@ -198,7 +201,10 @@ impl Report {
                 fmt_ms(percentile(&d.from_line_ms, 100.0)),
                 fmt_ms(percentile(&d.from_run_ms, 50.0)),
                 fmt_ms(percentile(&d.from_run_ms, 99.0)),
-                d.check.as_ref().map_or_else(|e| format!("FAIL: {e}"), |()| "every line arrived".to_owned()),
+                d.check.as_ref().map_or_else(
+                    |e| format!("FAIL: {e}"),
+                    |()| "every line arrived".to_owned()
+                ),
             );
         }
         let targets = self.targets();
@@ -339,7 +345,10 @@ pub(crate) fn machine() -> String {
         .and_then(|l| l.split_once(':'))
         .map(|(_, v)| v.trim().to_owned())
         .unwrap_or_default();
-    let cores = cpuinfo.lines().filter(|l| l.starts_with("processor")).count();
+    let cores = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
     let mem_gib = fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|t| {

@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 
+use super::Plan;
 use super::generate::{self, Spec, Workload};
 use super::measure;
 use super::others;
 use super::report::{IdleResult, Report, Row};
-use super::Plan;
 
 /// Which sink a run enables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,11 +56,20 @@ pub(crate) fn big(plan: &Plan, report: &mut Report) -> Result<()> {
         },
     )?;
     generate::verify(&workload)?;
-    let scenario = format!("1 log, {:.0} MB", workload.expected.input_bytes as f64 / 1e6);
+    let scenario = format!(
+        "1 log, {:.0} MB",
+        workload.expected.input_bytes as f64 / 1e6
+    );
     others::warm_page_cache(&workload)?;
     others::ceiling(&scenario, &workload, report)?;
     for sink in [Sink::Discard, Sink::File] {
-        let row = run_collector(plan, &scenario, &format!("big-{}", sink.name()), &workload, sink)?;
+        let row = run_collector(
+            plan,
+            &scenario,
+            &format!("big-{}", sink.name()),
+            &workload,
+            sink,
+        )?;
         report.rows.push(row);
         others::fluent_bit(plan, &scenario, &workload, sink, report)?;
         others::vector(plan, &scenario, &workload, sink, report)?;
@@ -90,7 +99,13 @@ pub(crate) fn many(plan: &Plan, report: &mut Report) -> Result<()> {
     );
     others::warm_page_cache(&workload)?;
     for sink in [Sink::Discard, Sink::File] {
-        let row = run_collector(plan, &scenario, &format!("many-{}", sink.name()), &workload, sink)?;
+        let row = run_collector(
+            plan,
+            &scenario,
+            &format!("many-{}", sink.name()),
+            &workload,
+            sink,
+        )?;
         report.rows.push(row);
     }
     Ok(())
@@ -176,11 +191,16 @@ pub(crate) fn start_collector(
     fs::create_dir_all(&empty).with_context(|| format!("create {}", empty.display()))?;
     let data = dir.join("data");
     let config = dir.join("collector.toml");
-    fs::write(&config, collector_config(&data, &empty, &workload.docker_root, sink))
-        .with_context(|| format!("write {}", config.display()))?;
+    fs::write(
+        &config,
+        collector_config(&data, &empty, &workload.docker_root, sink),
+    )
+    .with_context(|| format!("write {}", config.display()))?;
     let log = dir.join("collector.log");
     let out = File::create(&log).with_context(|| format!("create {}", log.display()))?;
-    let err = out.try_clone().with_context(|| format!("open {}", log.display()))?;
+    let err = out
+        .try_clone()
+        .with_context(|| format!("open {}", log.display()))?;
     let child = Command::new(&plan.collector)
         .arg("run")
         .arg("--config")

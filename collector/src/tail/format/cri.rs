@@ -211,7 +211,12 @@ mod tests {
         OwnedFrame::new(line.as_bytes(), start_offset, truncated)
     }
 
-    fn record<'a>(stream: StdStream, time: &'a str, message: &'a str, split: bool) -> LogRecord<'a> {
+    fn record<'a>(
+        stream: StdStream,
+        time: &'a str,
+        message: &'a str,
+        split: bool,
+    ) -> LogRecord<'a> {
         LogRecord {
             time: time.as_bytes(),
             stream: Some(stream),
@@ -344,7 +349,10 @@ mod tests {
             decoder
                 .decode(frame("t1 stdout F end", 40, false).frame(), &mut out)
                 .unwrap();
-            assert_eq!(collect(&out), [record(StdStream::Stdout, "t0", "held end", false)]);
+            assert_eq!(
+                collect(&out),
+                [record(StdStream::Stdout, "t0", "held end", false)]
+            );
         }
     }
 
@@ -364,14 +372,20 @@ mod tests {
             pending.push(decoder.pending_start());
         }
         assert_eq!(pending, [Some(0), Some(0), Some(0), None]);
-        assert_eq!(collect(&out), [record(StdStream::Stderr, "t", "abcdefgh end", false)]);
+        assert_eq!(
+            collect(&out),
+            [record(StdStream::Stderr, "t", "abcdefgh end", false)]
+        );
 
         // A full line over the limit ends with its last frame; the header is not re-read.
         let frames = [frame("t stdout F ab", 0, true), frame("c", 13, false)];
         for f in frames {
             decoder.decode(f.frame(), &mut out).unwrap();
         }
-        assert_eq!(out.get(1).unwrap(), record(StdStream::Stdout, "t", "abc", false));
+        assert_eq!(
+            out.get(1).unwrap(),
+            record(StdStream::Stdout, "t", "abc", false)
+        );
         assert_eq!(decoder.pending_start(), None);
     }
 
@@ -401,7 +415,10 @@ mod tests {
         decoder
             .decode(frame("t4 stdout F d", 42, false).frame(), &mut out)
             .unwrap();
-        assert_eq!(out.get(2).unwrap(), record(StdStream::Stdout, "t4", "d", false));
+        assert_eq!(
+            out.get(2).unwrap(),
+            record(StdStream::Stdout, "t4", "d", false)
+        );
     }
 
     proptest! {

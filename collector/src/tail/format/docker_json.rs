@@ -523,8 +523,7 @@ fn unescape(src: &[u8], dst: &mut [u8]) -> Option<usize> {
 #[inline]
 fn quotes_and_backslashes16(block: &[u8; 16]) -> u32 {
     use std::arch::x86_64::{
-        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128,
-        _mm_set1_epi8,
+        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
     };
     // SAFETY: these intrinsics need SSE2, which every x86_64 CPU has (it is in the target's
     // baseline features); the load reads 16 bytes from `block`, which has exactly 16, and
@@ -611,13 +610,20 @@ mod tests {
         let mut out = LogRecords::new();
         let mut offset = 0;
         for line in lines {
-            decoder.decode(frame_at(line, offset).frame(), &mut out).unwrap();
+            decoder
+                .decode(frame_at(line, offset).frame(), &mut out)
+                .unwrap();
             offset += line.len() as u64 + 1;
         }
         out
     }
 
-    fn record<'a>(stream: StdStream, time: &'a str, message: &'a [u8], split: bool) -> LogRecord<'a> {
+    fn record<'a>(
+        stream: StdStream,
+        time: &'a str,
+        message: &'a [u8],
+        split: bool,
+    ) -> LogRecord<'a> {
         LogRecord {
             time: time.as_bytes(),
             stream: Some(stream),
@@ -767,7 +773,9 @@ mod tests {
             let mut out = LogRecords::new();
             let mut offset = 0;
             for (n, line) in lines.iter().enumerate() {
-                decoder.decode(frame_at(line, offset).frame(), &mut out).unwrap();
+                decoder
+                    .decode(frame_at(line, offset).frame(), &mut out)
+                    .unwrap();
                 if n < 64 && out.is_empty() {
                     assert_eq!(decoder.pending_start(), Some(0), "max {max}");
                 }
@@ -801,7 +809,9 @@ mod tests {
         let mut offset = 0;
         let mut pending = Vec::new();
         for line in &lines {
-            decoder.decode(frame_at(line, offset).frame(), &mut out).unwrap();
+            decoder
+                .decode(frame_at(line, offset).frame(), &mut out)
+                .unwrap();
             pending.push(decoder.pending_start());
             offset += line.len() as u64 + 1;
         }
@@ -891,7 +901,11 @@ mod tests {
                 assert!(out.is_empty(), "{line}");
                 decoder.flush_pending(&mut out);
             }
-            assert_eq!(collect(&out), [record(stream, time, message, false)], "{line}");
+            assert_eq!(
+                collect(&out),
+                [record(stream, time, message, false)],
+                "{line}"
+            );
         }
     }
 
@@ -932,9 +946,15 @@ mod tests {
             assert!(out.is_empty());
             assert_eq!(decoder.pending_start(), Some(0), "{line}");
             decoder
-                .decode(frame_at(&go_line("end\n", "stdout", "t1"), 200).frame(), &mut out)
+                .decode(
+                    frame_at(&go_line("end\n", "stdout", "t1"), 200).frame(),
+                    &mut out,
+                )
                 .unwrap();
-            assert_eq!(collect(&out), [record(StdStream::Stdout, "t0", b"held end", false)]);
+            assert_eq!(
+                collect(&out),
+                [record(StdStream::Stdout, "t0", b"held end", false)]
+            );
         }
     }
 
@@ -955,8 +975,13 @@ mod tests {
             );
         }
         let line = go_line("ok\n", "stdout", "t");
-        decoder.decode(frame_at(&line, 30).frame(), &mut out).unwrap();
-        assert_eq!(collect(&out), [record(StdStream::Stdout, "t", b"ok", false)]);
+        decoder
+            .decode(frame_at(&line, 30).frame(), &mut out)
+            .unwrap();
+        assert_eq!(
+            collect(&out),
+            [record(StdStream::Stdout, "t", b"ok", false)]
+        );
     }
 
     #[test]
@@ -1200,7 +1225,7 @@ mod tests {
                 let mut line = Vec::new();
                 for r in outs[0].iter().filter(|r| r.stream == Some(stream)) {
                     prop_assert!(r.message.len() <= max);
-                    line.extend_from_slice(&r.message);
+                    line.extend_from_slice(r.message);
                     if !r.split {
                         got.push(String::from_utf8(std::mem::take(&mut line)).unwrap());
                     }
