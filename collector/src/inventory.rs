@@ -253,7 +253,14 @@ impl Inventory {
                 changed = true;
             }
         }
-        if let Some(pid) = s.pid {
+        // A sighting's PID may be any process in the container (a procfs scan meets forked
+        // children too); it replaces the known one only once that process is gone, so the
+        // init PID Docker reported stays the container's PID while it lives.
+        if let Some(pid) = s.pid
+            && e.pid.is_none_or(|known| {
+                known != pid && !self.config.host.procfs_root.join(known.to_string()).exists()
+            })
+        {
             e.pid = Some(pid);
         }
         // A live process (procfs, Docker's start event with its PID) or a container cgroup

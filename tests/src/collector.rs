@@ -563,6 +563,13 @@ impl Drop for CollectorProcess {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // `COLLECTOR_TEST_KEEP=1` keeps the data directory and the collector's log to look at.
+        if env::var_os("COLLECTOR_TEST_KEEP").is_some()
+            && let Ok(empty) = TempDir::new()
+        {
+            let dir = std::mem::replace(&mut self.dir, empty);
+            eprintln!("kept {}", dir.keep().display());
+        }
     }
 }
 

@@ -755,6 +755,13 @@ fn container_view(world: &World, id: &ContainerId) -> Result<ContainerView, Insp
     {
         pids.push(p);
     }
+    // The init process leads the list: PIDs wrap at `pid_max`, so it need not be the lowest.
+    let init_pid = docker_pid.or(live.as_ref().and_then(|l| l.pid));
+    if let Some(init) = init_pid
+        && let Some(at) = pids.iter().position(|p| *p == init)
+    {
+        pids[..=at].rotate_right(1);
+    }
     known_from.dedup();
 
     let ecs = identity.ecs.clone();
@@ -819,11 +826,10 @@ fn container_view(world: &World, id: &ContainerId) -> Result<ContainerView, Insp
             .and_then(|r| r.removed_ms)
             .map(ms_to_rfc3339),
         pids,
-        last_pid: live
-            .as_ref()
-            .and_then(|l| l.pid)
-            .or(record.as_ref().and_then(|r| r.last_pid.or(r.exit_pid)))
-            .or(docker_pid),
+        // Docker's `State.Pid` is the init process; the daemon's may be any process it saw.
+        last_pid: docker_pid
+            .or(live.as_ref().and_then(|l| l.pid))
+            .or(record.as_ref().and_then(|r| r.last_pid.or(r.exit_pid))),
         cgroup: (identity.cgroup_path.is_some() || identity.cgroup_id.is_some()).then(|| {
             CgroupView {
                 path: identity.cgroup_path.clone(),
