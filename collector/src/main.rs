@@ -241,7 +241,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// Raises the soft limit on open files to the hard one: the daemon holds a descriptor per
+/// live log file, per rotated file not yet read, and the rotation guard one per file of each
+/// watched chain, so 1,000 containers need thousands; the usual soft default is 1,024
+/// (getrlimit(2)). Failing to raise it is logged, not fatal.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(soft, hard, error = %e, "Cannot raise the open files limit.");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "Cannot read the open files limit."),
+    }
+}
+
 fn run(config: Config) -> anyhow::Result<()> {
+    raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

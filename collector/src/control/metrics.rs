@@ -113,6 +113,11 @@ pub fn render_metrics(view: &InventoryView, sinks: &[Arc<SinkStats>], uptime: Du
         &c.files_truncated,
     );
     e.counter(
+        names::FILES_LOST,
+        "Rotated log files deleted before they could be opened: their lines are lost.",
+        &c.files_lost,
+    );
+    e.counter(
         names::CHECKPOINT_ERRORS,
         "Checkpoint commits that failed (retried).",
         &c.checkpoint_errors,

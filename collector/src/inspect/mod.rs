@@ -385,6 +385,9 @@ pub struct SourceView {
     pub truncations: u64,
     /// Bytes known lost.
     pub bytes_lost: u64,
+    /// Rotated files lost whole: deleted before they could be opened (size unknown).
+    #[serde(default)]
+    pub files_lost: u64,
 }
 
 /// Where one source's lines go in one sink.

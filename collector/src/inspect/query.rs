@@ -1016,6 +1016,7 @@ fn source_views(
             rotations: counters.rotations,
             truncations: counters.truncations,
             bytes_lost: counters.lost_bytes,
+            files_lost: counters.lost_files,
         });
     }
     Ok(out)

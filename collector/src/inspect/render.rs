@@ -345,10 +345,14 @@ fn source_text(so: &SourceView, s: Style) -> String {
         .map(|t| format!("last read {t}{}", ago(t)))
         .unwrap_or_else(|| "never read".to_owned());
     let _ = write!(v, "\n{last}; {reading}");
-    let lost = if so.bytes_lost > 0 {
-        s.red(&human_bytes(so.bytes_lost))
-    } else {
-        human_bytes(0)
+    let lost = match (so.bytes_lost, so.files_lost) {
+        (0, 0) => human_bytes(0),
+        (bytes, 0) => s.red(&human_bytes(bytes)),
+        (bytes, files) => s.red(&format!(
+            "{} and {files} whole rotated file{}",
+            human_bytes(bytes),
+            if files == 1 { "" } else { "s" }
+        )),
     };
     let _ = write!(
         v,

@@ -9,7 +9,7 @@ pub mod names;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::tail::format::DecodeError;
 
@@ -24,6 +24,8 @@ pub struct Counters {
     pub files_rotated: AtomicU64,
     /// Truncations seen.
     pub files_truncated: AtomicU64,
+    /// Rotated log files deleted before they could be opened.
+    pub files_lost: AtomicU64,
     /// Records delivered to every sink.
     pub records_delivered: AtomicU64,
     /// Message bytes delivered to every sink.
@@ -69,6 +71,7 @@ pub static COUNTERS: Counters = Counters {
     lines_skipped: AtomicU64::new(0),
     files_rotated: AtomicU64::new(0),
     files_truncated: AtomicU64::new(0),
+    files_lost: AtomicU64::new(0),
     records_delivered: AtomicU64::new(0),
     bytes_delivered: AtomicU64::new(0),
     sink_errors: AtomicU64::new(0),
@@ -157,6 +160,25 @@ impl LogFileTruncated<'_> {
         inc(&COUNTERS.files_truncated, 1);
         warn!(source = %self.source, path = %self.path.display(), size = self.size, offset = self.offset,
             "Log file truncated; reading it again from the start.");
+    }
+}
+
+/// Rotated log files were deleted before the collector could open them: their lines are lost.
+pub struct LogFilesLost<'a> {
+    /// Source key.
+    pub source: &'a str,
+    /// The live file's path.
+    pub path: &'a Path,
+    /// How many files.
+    pub files: u64,
+}
+
+impl LogFilesLost<'_> {
+    /// Logs and counts.
+    pub fn emit(self) {
+        inc(&COUNTERS.files_lost, self.files);
+        error!(source = %self.source, path = %self.path.display(), files = self.files,
+            "Rotated log files were deleted before they could be opened; their lines are lost.");
     }
 }
 

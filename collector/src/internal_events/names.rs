@@ -12,6 +12,8 @@ pub const LINES_SKIPPED: &str = "collector_log_lines_skipped_total";
 pub const FILES_ROTATED: &str = "collector_log_files_rotated_total";
 /// Truncations seen.
 pub const FILES_TRUNCATED: &str = "collector_log_files_truncated_total";
+/// Rotated log files deleted before they could be opened (their lines are lost).
+pub const FILES_LOST: &str = "collector_log_files_lost_total";
 /// Records delivered to every sink.
 pub const RECORDS_DELIVERED: &str = "collector_records_delivered_total";
 /// Message bytes delivered to every sink.

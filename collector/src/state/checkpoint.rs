@@ -31,6 +31,8 @@ pub struct SourceCounters {
     pub truncations: u64,
     /// Bytes known lost.
     pub lost_bytes: u64,
+    /// Rotated files deleted before they could be opened (their size is unknown).
+    pub lost_files: u64,
 }
 
 impl SourceCounters {
@@ -42,6 +44,7 @@ impl SourceCounters {
         self.rotations += other.rotations;
         self.truncations += other.truncations;
         self.lost_bytes += other.lost_bytes;
+        self.lost_files += other.lost_files;
     }
 }
 
@@ -83,14 +86,15 @@ impl Store {
                 .map_err(q)?;
             let mut src = tx
                 .prepare_cached(
-                    "INSERT INTO sources (source, container_id, path, lines, bytes, skipped, rotations, truncations, lost_bytes, updated_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                    "INSERT INTO sources (source, container_id, path, lines, bytes, skipped, rotations, truncations, lost_bytes, updated_ms, lost_files)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
                      ON CONFLICT (source) DO UPDATE SET
                        path = excluded.path,
                        lines = lines + excluded.lines, bytes = bytes + excluded.bytes,
                        skipped = skipped + excluded.skipped, rotations = rotations + excluded.rotations,
                        truncations = truncations + excluded.truncations,
                        lost_bytes = lost_bytes + excluded.lost_bytes,
+                       lost_files = lost_files + excluded.lost_files,
                        updated_ms = excluded.updated_ms",
                 )
                 .map_err(q)?;
@@ -118,7 +122,8 @@ impl Store {
                     c.rotations as i64,
                     c.truncations as i64,
                     c.lost_bytes as i64,
-                    now
+                    now,
+                    c.lost_files as i64
                 ])
                 .map_err(q)?;
             }
@@ -204,7 +209,7 @@ impl Store {
         let conn = self.lock();
         let mut st = conn
             .prepare_cached(
-                "SELECT source, path, lines, bytes, skipped, rotations, truncations, lost_bytes
+                "SELECT source, path, lines, bytes, skipped, rotations, truncations, lost_bytes, lost_files
                  FROM sources WHERE container_id = ?1 ORDER BY source",
             )
             .map_err(q)?;
@@ -220,6 +225,7 @@ impl Store {
                         rotations: r.get::<_, i64>(5)? as u64,
                         truncations: r.get::<_, i64>(6)? as u64,
                         lost_bytes: r.get::<_, i64>(7)? as u64,
+                        lost_files: r.get::<_, i64>(8)? as u64,
                     },
                 ))
             })

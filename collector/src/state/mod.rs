@@ -23,7 +23,7 @@ pub use history::{ContainerRecord, Death, DeathSource, Lifecycle};
 pub use query::{ContainerMatch, SourceRecord};
 
 /// The schema version this build writes. Migrations below upgrade older files.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Errors from the state database.
 #[derive(Debug, thiserror::Error)]
@@ -208,6 +208,9 @@ fn migrate(conn: &Connection, version: i64) -> Result<(), rusqlite::Error> {
     if version < 3 {
         conn.execute_batch(MIGRATION_3)?;
     }
+    if version < 4 {
+        conn.execute_batch(MIGRATION_4)?;
+    }
     Ok(())
 }
 
@@ -285,6 +288,15 @@ ALTER TABLE containers ADD COLUMN finished_at TEXT;     -- RFC 3339, Docker's St
 CREATE INDEX IF NOT EXISTS containers_name ON containers (docker_name);
 CREATE INDEX IF NOT EXISTS containers_pid ON containers (last_pid);
 PRAGMA user_version = 3;
+COMMIT;
+";
+
+/// Version 4: rotated files lost whole (deleted before they could be opened: their size is
+/// unknown, so they are counted as files, beside `lost_bytes`).
+const MIGRATION_4: &str = "
+BEGIN;
+ALTER TABLE sources ADD COLUMN lost_files INTEGER NOT NULL DEFAULT 0;
+PRAGMA user_version = 4;
 COMMIT;
 ";
 

@@ -131,7 +131,7 @@ impl Store {
             let conn = self.lock();
             let mut st = conn
                 .prepare_cached(
-                    "SELECT source, path, lines, bytes, skipped, rotations, truncations, lost_bytes, updated_ms
+                    "SELECT source, path, lines, bytes, skipped, rotations, truncations, lost_bytes, updated_ms, lost_files
                      FROM sources WHERE container_id = ?1 ORDER BY source",
                 )
                 .map_err(q)?;
@@ -147,6 +147,7 @@ impl Store {
                             rotations: r.get::<_, i64>(5)? as u64,
                             truncations: r.get::<_, i64>(6)? as u64,
                             lost_bytes: r.get::<_, i64>(7)? as u64,
+                            lost_files: r.get::<_, i64>(9)? as u64,
                         },
                         updated_ms: r.get(8)?,
                         checkpoint: None,

@@ -43,6 +43,7 @@ use super::fingerprint::Fingerprint;
 use super::format::{Decoder, LogFormat};
 use super::framing::{BufferPool, LineFramer};
 use super::record::LogRecords;
+use super::rotation_guard::GuardEvent;
 use crate::batch::{Batch, SourceInfo};
 use crate::config::{ReadFrom, TailConfig};
 use crate::identify::ContainerIdentity;
@@ -82,7 +83,7 @@ pub struct SourceSpec {
     pub running: watch::Receiver<bool>,
     /// Files created at `path`, opened the instant they appeared (see `rotation_guard`).
     /// `None` when the guard is unavailable: rotation is then found by name scans only.
-    pub new_files: Option<mpsc::Receiver<File>>,
+    pub new_files: Option<mpsc::Receiver<GuardEvent>>,
 }
 
 /// Why a tailer returned.
@@ -289,14 +290,31 @@ impl Tailer {
     /// Opens files of the chain that are newer than every file held, in age order.
     fn pick_up_new_files(&mut self) {
         // First the files the rotation guard opened at creation, in creation order.
-        while let Some(file) = self
+        while let Some(event) = self
             .spec
             .new_files
             .as_mut()
             .and_then(|rx| rx.try_recv().ok())
         {
+            let file = match event {
+                GuardEvent::File(file) => file,
+                GuardEvent::Lost(files) => {
+                    self.counters.lost_files += files;
+                    internal_events::LogFilesLost {
+                        source: &self.spec.info.key,
+                        path: &self.spec.path,
+                        files,
+                    }
+                    .emit();
+                    continue;
+                }
+            };
             let Ok(meta) = file.metadata() else { continue };
-            if self.is_open(meta.dev(), meta.ino()) || self.is_completed(&file) {
+            if self.is_open(meta.dev(), meta.ino()) {
+                continue;
+            }
+            if self.is_completed(&file) {
+                tracing::trace!(ino = meta.ino(), "Guard's file already read.");
                 continue;
             }
             if self.current.is_some() {

@@ -285,7 +285,7 @@ fn lifecycle_fields(
     match phase {
         Phase::Live => fields.extend([
             ("/containers/0/state", json!("running")),
-            // Its shell forks `sleep`s: the init process is the lowest PID.
+            // Its shell forks `sleep`s: the init process comes first (PIDs wrap, so not by number).
             ("/containers/0/pids/0", json!(f.pid)),
             ("/containers/0/exit_code", Value::Null),
             ("/containers/0/finished_at", Value::Null),
