@@ -30,6 +30,7 @@ use crate::identify::{
 use crate::internal_events;
 use crate::state::{DeathSource, Lifecycle, Store};
 use crate::tail::format::LogFormat;
+use crate::tail::quiet_tick::QuietTick;
 use crate::tail::rotation_guard::RotationGuard;
 use crate::tail::tailer::{SourceSpec, Tailer, spawn_run};
 
@@ -88,6 +89,8 @@ pub struct Inventory {
     tail_shutdown: CancellationToken,
     /// Opens rotated files at creation; `None` if inotify is unavailable.
     rotation_guard: Option<RotationGuard>,
+    /// The clock quiet files are polled by, started with the first tailer.
+    quiet_tick: Option<QuietTick>,
     /// What the control API sees: published after every change (see `publish`).
     view: InventoryView,
 }
@@ -126,6 +129,7 @@ impl Inventory {
                     None
                 }
             },
+            quiet_tick: None,
             view: InventoryView::new(),
         }
     }
@@ -677,6 +681,11 @@ impl Inventory {
             identity: e.identity_tx.subscribe(),
             running: e.running_tx.subscribe(),
             new_files,
+            quiet_tick: Some(
+                self.quiet_tick
+                    .get_or_insert_with(|| QuietTick::start(self.config.tail.quiet_poll_interval))
+                    .clone(),
+            ),
         };
         let tailer = match Tailer::new(
             spec,

@@ -218,6 +218,11 @@ pub struct TailConfig {
     /// wait; a busy file is re-read at once).
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// How often a file quiet for 10 s or more is checked: most containers write in bursts,
+    /// and a thousand idle files polled at `poll_interval` cost more than all else the
+    /// collector does while idle. The first line after a long silence waits at most this.
+    #[serde(with = "humantime_serde")]
+    pub quiet_poll_interval: Duration,
     /// After its container exits, a file is read until it has been quiet this long, so the
     /// runtime's last writes are not missed.
     #[serde(with = "humantime_serde")]
@@ -238,6 +243,7 @@ impl Default for TailConfig {
             max_line_bytes: 2 * 1024 * 1024,
             read_bytes: 256 * 1024,
             poll_interval: Duration::from_millis(200),
+            quiet_poll_interval: Duration::from_secs(1),
             exit_settle: Duration::from_millis(500),
             read_from: ReadFrom::Beginning,
             glob_interval: Duration::from_secs(2),
@@ -402,6 +408,12 @@ impl Config {
         }
         if self.tail.poll_interval.is_zero() {
             return bad("tail.poll_interval", "must be more than zero");
+        }
+        if self.tail.quiet_poll_interval < self.tail.poll_interval {
+            return bad(
+                "tail.quiet_poll_interval",
+                "must be at least tail.poll_interval",
+            );
         }
         if self.discovery.rescan_interval < Duration::from_millis(100) {
             return bad("discovery.rescan_interval", "must be at least 100ms");

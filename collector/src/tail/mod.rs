@@ -3,6 +3,7 @@
 pub mod fingerprint;
 pub mod format;
 pub mod framing;
+pub mod quiet_tick;
 pub mod record;
 pub mod rotation_guard;
 pub mod tailer;

@@ -84,6 +84,7 @@ impl Harness {
             identity: self.identity_tx.subscribe(),
             running: self.running_tx.subscribe(),
             new_files: None,
+            quiet_tick: None,
         };
         let tailer = Tailer::new(spec, self.settings.clone(), self.store.clone(), tx).unwrap();
         tokio::spawn(tailer.run(stop))
