@@ -258,10 +258,28 @@ fn raise_open_files_limit() {
     }
 }
 
+/// Makes freed read buffers go back to the system. glibc raises its mmap threshold to the
+/// size of any mmapped block that is freed, so after the first 256 KiB read buffer is freed
+/// every later one comes from a heap arena, where freed memory stays in the process; with
+/// 1,000 containers read once and quiet since, that kept 70 MB resident. A fixed threshold
+/// (which also turns the dynamic adjustment off) and two arenas keep the footprint to what is
+/// in use (mallopt(3)).
+fn tune_allocator() {
+    // SAFETY: mallopt only sets allocator parameters; it is called before other threads.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn run(config: Config) -> anyhow::Result<()> {
+    tune_allocator();
     raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // Blocking work (Docker config reads, cgroupfs walks, history queries) is short; a
+        // thousand containers found at once must not mean a thousand threads.
+        .max_blocking_threads(16)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

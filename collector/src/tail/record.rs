@@ -208,6 +208,15 @@ impl LogRecords {
         }
     }
 
+    /// When empty, frees the room kept for the next batch (a quiet source needs none).
+    pub fn release_idle_memory(&mut self) {
+        if self.entries.is_empty() {
+            self.entries = Vec::new();
+            self.chunks = Vec::new();
+            self.release_arenas();
+        }
+    }
+
     /// Gives pooled arenas back and forgets every arena.
     fn release_arenas(&mut self) {
         for arena in self.arenas.drain(..) {

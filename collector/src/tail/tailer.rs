@@ -385,6 +385,8 @@ impl Tailer {
     pub async fn run(mut self, shutdown: CancellationToken) -> TailOutcome {
         let mut idle = Duration::from_millis(5);
         let mut quiet_since: Option<Instant> = None;
+        // Whether the spare memory was given back since the file last had data.
+        let mut released = false;
         let mut records = LogRecords::with_pool(0, self.pool.clone());
         loop {
             if shutdown.is_cancelled() {
@@ -431,9 +433,15 @@ impl Tailer {
                 &self.spec.info.key,
             );
             let at_eof = read.eof;
-            if read.bytes == 0 && at_eof && quiet_since.is_none() {
+            if read.bytes > 0 {
+                released = false;
+            } else if at_eof && !released {
                 // Going quiet: a file that gets a line now and then needs no spare buffers.
+                // (This once keyed on `quiet_since`, which the pass that read a small file
+                // whole had already set: 1,000 quiet containers kept 76 MB.)
                 cur.framer.release_idle_memory();
+                records.release_idle_memory();
+                released = true;
             }
             if !records.is_empty() || self.offset_moved() {
                 if let Some(outcome) = self
