@@ -334,6 +334,10 @@ async fn route(
                 Vec::new(),
             ),
         },
+        p if p.starts_with("/v1/metrics/") => {
+            let history = param("history").is_some_and(|v| v != "0" && v != "false");
+            metrics_answer(state, p, history).await
+        }
         p => {
             let by = |prefix: &str, k: KindFilter| {
                 p.strip_prefix(prefix)
@@ -357,6 +361,61 @@ async fn route(
         }
     };
     Ok(response)
+}
+
+/// `GET /v1/metrics/tasks/{task id or ARN}` and `GET /v1/metrics/unattributed`.
+async fn metrics_answer(
+    state: Arc<ControlState>,
+    path: &str,
+    history: bool,
+) -> Response<ResponseBody> {
+    let q = path
+        .strip_prefix("/v1/metrics/tasks/")
+        .and_then(percent_decode)
+        .or_else(|| (path == "/v1/metrics/unattributed").then(|| "unattributed".to_owned()));
+    let Some(owner) = q.as_deref().and_then(crate::metrics::api::owner_of_query) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "no endpoint {path}: /v1/metrics/tasks/{{task id or ARN}} or /v1/metrics/unattributed"
+            ),
+            q.as_deref(),
+            Vec::new(),
+        );
+    };
+    let Some(store) = state.store.clone() else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the state database cannot be read".into(),
+            None,
+            Vec::new(),
+        );
+    };
+    let o = owner.clone();
+    match tokio::task::spawn_blocking(move || {
+        crate::metrics::api::owner_metrics(&store, &o, history)
+    })
+    .await
+    {
+        Ok(Ok(Some(m))) => json_response(StatusCode::OK, &m),
+        Ok(Ok(None)) => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no metrics received from {owner}"),
+            Some(&owner),
+            Vec::new(),
+        ),
+        Ok(Err(e)) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            internal_events::chain(&e),
+            None,
+            Vec::new(),
+        ),
+        Err(_) => internal(),
+    }
 }
 
 /// Runs an `inspect` question off the async threads (it reads files and SQLite).

@@ -1,0 +1,220 @@
+//! Who sent it: from the connection to the container and its task.
+//!
+//! - Unix socket: the kernel records the peer's credentials at `connect(2)` (`SO_PEERCRED`,
+//!   `unix(7)`), with the PID translated into the collector's PID namespace (the host's).
+//!   `/proc/<pid>/cgroup` then names the container ([`crate::identify::cgroup::container_of`]).
+//!   The look-up is made as the connection is accepted, before anything is read, so a sender
+//!   that exits right after writing is still found while its process exists; a peer gone
+//!   before that is unattributed (counted).
+//! - TCP and UDP: the peer address is matched against the addresses Docker gave running
+//!   containers on its networks (`NetworkSettings.Networks`). The map is refreshed when an
+//!   address is unknown (at most once per [`REFRESH_MIN_INTERVAL`]) and when the container a
+//!   cached address names is no longer running, since Docker reuses addresses.
+//!
+//! The identity (task ARN, family, container name) comes from the inventory's view; for a
+//! container the inventory has not identified yet, from its cgroup path or Docker labels.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tracing::debug;
+
+use super::Origin;
+use crate::control::InventoryView;
+use crate::discover::docker_api::DockerApi;
+use crate::identify::cgroup::{container_of, parse_proc_cgroup};
+use crate::identify::labels::ecs_from_labels;
+use crate::identify::{ContainerId, ContainerIdentity, TaskId};
+use crate::state::Lifecycle;
+
+/// The address map is asked of Docker at most this often on misses.
+pub const REFRESH_MIN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A cached address is trusted this long without re-checking Docker.
+const ADDRESS_TTL: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Default)]
+struct AddressMap {
+    by_ip: HashMap<IpAddr, (ContainerId, Arc<BTreeMap<String, String>>)>,
+    refreshed: Option<Instant>,
+}
+
+/// Finds the container (and task) behind a peer.
+#[derive(Debug)]
+pub struct Attributor {
+    procfs_root: PathBuf,
+    view: InventoryView,
+    docker: DockerApi,
+    addresses: tokio::sync::Mutex<AddressMap>,
+    /// Origins by container, so a UDP stream does not rebuild one per datagram.
+    origins: Mutex<HashMap<ContainerId, (Arc<Origin>, Instant)>>,
+}
+
+impl Attributor {
+    /// An attributor reading `procfs_root`, the inventory's `view` and Docker.
+    pub fn new(procfs_root: PathBuf, view: InventoryView, docker: DockerApi) -> Self {
+        Self {
+            procfs_root,
+            view,
+            docker,
+            addresses: tokio::sync::Mutex::new(AddressMap::default()),
+            origins: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The sender behind a unix socket peer's PID.
+    pub fn by_pid(&self, pid: i32) -> Arc<Origin> {
+        let path = self.procfs_root.join(pid.to_string()).join("cgroup");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                debug!(pid, error = %e, "Metrics peer's cgroup unreadable (exited?); unattributed.");
+                return Arc::new(Origin::unattributed());
+            }
+        };
+        match container_of(&parse_proc_cgroup(&text)) {
+            Some((hint, _)) => {
+                self.origin_of(&hint.container_id, hint.task_id, None, "peer_credentials")
+            }
+            None => Arc::new(Origin::unattributed()),
+        }
+    }
+
+    /// The sender behind a TCP or UDP peer address.
+    pub async fn by_address(&self, ip: IpAddr) -> Arc<Origin> {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let mut map = self.addresses.lock().await;
+        let fresh = map.refreshed.is_some_and(|at| at.elapsed() < ADDRESS_TTL);
+        let cached = map.by_ip.get(&ip).cloned();
+        let still_running = cached.as_ref().is_some_and(|(id, _)| {
+            self.view
+                .container(id)
+                .is_none_or(|c| c.lifecycle == Lifecycle::Running)
+        });
+        let refresh_allowed = map
+            .refreshed
+            .is_none_or(|at| at.elapsed() >= REFRESH_MIN_INTERVAL);
+        if (cached.is_none() || !still_running || !fresh) && refresh_allowed {
+            match self.docker.network_addresses().await {
+                Ok(list) => {
+                    map.by_ip.clear();
+                    for (id, ips, labels) in list {
+                        let labels = Arc::new(labels);
+                        for ip in ips {
+                            map.by_ip.insert(ip, (id.clone(), labels.clone()));
+                        }
+                    }
+                }
+                Err(e) => {
+                    debug!(error = %crate::internal_events::chain(&e), "Cannot list container addresses.");
+                }
+            }
+            map.refreshed = Some(Instant::now());
+        }
+        match map.by_ip.get(&ip).cloned() {
+            Some((id, labels)) => {
+                drop(map);
+                self.origin_of(&id, None, Some(&labels), "peer_address")
+            }
+            None => Arc::new(Origin::unattributed()),
+        }
+    }
+
+    /// The origin of container `id`: from the inventory when it knows it, else from what the
+    /// caller found (the task id in the cgroup path, Docker labels).
+    fn origin_of(
+        &self,
+        id: &ContainerId,
+        task_hint: Option<TaskId>,
+        labels: Option<&BTreeMap<String, String>>,
+        via: &'static str,
+    ) -> Arc<Origin> {
+        let mut origins = self.origins.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((o, at)) = origins.get(id)
+            && at.elapsed() < ADDRESS_TTL
+            && o.via == via
+        {
+            return o.clone();
+        }
+        let origin = match self.view.container(id) {
+            Some(live) => Arc::new(Origin::of_identity(&live.identity, via)),
+            None => {
+                let mut identity = ContainerIdentity::new(id.clone());
+                let mut ecs = labels.and_then(ecs_from_labels);
+                if let Some(t) = task_hint {
+                    ecs.get_or_insert_with(Default::default)
+                        .task_id
+                        .get_or_insert(t);
+                }
+                identity.ecs = ecs;
+                // Not cached: the inventory will know more in a moment.
+                return Arc::new(Origin::of_identity(&identity, via));
+            }
+        };
+        if origins.len() > 4096 {
+            origins.clear();
+        }
+        origins.insert(id.clone(), (origin.clone(), Instant::now()));
+        origin
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn procfs_with(pid: i32, cgroup: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(pid.to_string());
+        std::fs::create_dir_all(&p).unwrap();
+        std::fs::write(p.join("cgroup"), cgroup).unwrap();
+        dir
+    }
+
+    #[tokio::test]
+    async fn a_pid_in_an_ecs_cgroup_is_its_task_and_an_unknown_pid_is_unattributed() {
+        let id = "a".repeat(64);
+        let task = "0123456789abcdef0123456789abcdef";
+        let procfs = procfs_with(42, &format!("0::/ecs/{task}/{id}\n"));
+        let a = Attributor::new(
+            procfs.path().to_owned(),
+            InventoryView::new(),
+            DockerApi::new("/nonexistent.sock"),
+        );
+        let o = a.by_pid(42);
+        assert_eq!(o.owner, task);
+        assert_eq!(
+            o.container_id.as_ref().map(|c| c.as_str()),
+            Some(id.as_str())
+        );
+        assert_eq!(o.via, "peer_credentials");
+        assert!(a.by_pid(43).is_unattributed());
+        let host = procfs_with(44, "0::/user.slice/session-1.scope\n");
+        let a = Attributor::new(
+            host.path().to_owned(),
+            InventoryView::new(),
+            DockerApi::new("/nonexistent.sock"),
+        );
+        assert!(a.by_pid(44).is_unattributed());
+    }
+
+    #[tokio::test]
+    async fn an_address_docker_does_not_know_is_unattributed() {
+        let a = Attributor::new(
+            "/nonexistent".into(),
+            InventoryView::new(),
+            DockerApi::new("/nonexistent.sock"),
+        );
+        assert!(
+            a.by_address("10.9.8.7".parse().unwrap())
+                .await
+                .is_unattributed()
+        );
+    }
+}
