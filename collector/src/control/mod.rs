@@ -24,7 +24,8 @@
 //! | `GET /v1/sinks` | `[{"sink", "location", "records", "bytes", "batches", "errors", "last_error", "last_error_at"}]`. |
 //! | `GET /v1/tail?q=THING[&kind=KIND]` | A stream of JSON lines (`application/x-ndjson`): first `{"following": {...}}` naming the task and containers, then one `{"container_id", "name", "file", "stream", "time", "message"}` per delivered line (`stream`: `stdout`, `stderr`, `lifecycle` for the collector's record of how a run ended, or `null` for a declared file), `{"dropped": n}` when this reader fell behind and missed `n` batches, and `{"end": reason}` before the stream closes (every container of it exited and its files were read to the end, or the daemon stops). |
 //!
-//! Metric labels are low-cardinality only (`sink`, `event`, `source`, `state`); container ids
+//! Metric labels are low-cardinality only (`sink`, `event`, `source`, `state`, and for metrics
+//! ingest `transport` and `reason`); container ids
 //! and task ARNs are in the JSON endpoints, never in `/metrics`.
 //!
 //! # Layout
