@@ -363,24 +363,20 @@ async fn route(
     Ok(response)
 }
 
-/// `GET /v1/metrics/tasks/{task id or ARN}` and `GET /v1/metrics/unattributed`.
+/// `GET /v1/metrics/...`: one owner's metrics ([`crate::metrics::api`]).
 async fn metrics_answer(
     state: Arc<ControlState>,
     path: &str,
     history: bool,
 ) -> Response<ResponseBody> {
-    let q = path
-        .strip_prefix("/v1/metrics/tasks/")
-        .and_then(percent_decode)
-        .or_else(|| (path == "/v1/metrics/unattributed").then(|| "unattributed".to_owned()));
-    let Some(owner) = q.as_deref().and_then(crate::metrics::api::owner_of_query) else {
+    let Some(owner) = crate::metrics::api::owner_of_path(path) else {
         return error(
             StatusCode::NOT_FOUND,
             "not_found",
             format!(
-                "no endpoint {path}: /v1/metrics/tasks/{{task id or ARN}} or /v1/metrics/unattributed"
+                "no endpoint {path}: /v1/metrics/tasks/{{task id or ARN}}, /v1/metrics/containers/{{container id}} or /v1/metrics/unattributed"
             ),
-            q.as_deref(),
+            None,
             Vec::new(),
         );
     };

@@ -1,10 +1,12 @@
-//! The control API's metrics answers: `GET /v1/metrics/tasks/{task id or ARN}` and
+//! The control API's metrics answers: `GET /v1/metrics/tasks/{task id or ARN}`,
+//! `GET /v1/metrics/containers/{container id}` (a container outside any task) and
 //! `GET /v1/metrics/unattributed` (see `crate::control`).
 
 use serde::Serialize;
 
 use super::UNATTRIBUTED;
-use crate::identify::{TaskArn, TaskId};
+use crate::control::percent_decode;
+use crate::identify::{ContainerId, TaskArn, TaskId};
 use crate::state::{MetricOwnerRecord, MetricPathRecord, StateError, Store};
 
 /// One owner's metrics.
@@ -30,6 +32,18 @@ pub fn owner_of_query(q: &str) -> Option<String> {
     TaskArn::parse(q)
         .map(|a| a.task_id().as_str().to_owned())
         .or_else(|| TaskId::parse(q).map(|t| t.as_str().to_owned()))
+}
+
+/// The owner key a request path names (`/v1/metrics/...`); `None` when it names none.
+pub fn owner_of_path(path: &str) -> Option<String> {
+    if path == "/v1/metrics/unattributed" {
+        return Some(UNATTRIBUTED.to_owned());
+    }
+    if let Some(q) = path.strip_prefix("/v1/metrics/tasks/") {
+        return owner_of_query(&percent_decode(q)?).filter(|o| o != UNATTRIBUTED);
+    }
+    let id = ContainerId::parse(path.strip_prefix("/v1/metrics/containers/")?)?;
+    Some(format!("container:{id}"))
 }
 
 /// The metrics of `owner`, with each path's history when `history`.
@@ -73,5 +87,26 @@ mod tests {
             Some("unattributed")
         );
         assert_eq!(owner_of_query("web"), None);
+        let paths = [
+            (format!("/v1/metrics/tasks/{id}"), Some(id.to_owned())),
+            (
+                format!("/v1/metrics/tasks/arn%3Aaws%3Aecs%3Aus-east-1%3A1%3Atask%2Fc%2F{id}"),
+                Some(id.to_owned()),
+            ),
+            (
+                "/v1/metrics/unattributed".to_owned(),
+                Some("unattributed".to_owned()),
+            ),
+            ("/v1/metrics/tasks/unattributed".to_owned(), None),
+            (
+                format!("/v1/metrics/containers/{}", "a".repeat(64)),
+                Some(format!("container:{}", "a".repeat(64))),
+            ),
+            ("/v1/metrics/containers/web".to_owned(), None),
+            ("/v1/metrics/other".to_owned(), None),
+        ];
+        for (path, want) in paths {
+            assert_eq!(owner_of_path(&path), want, "{path}");
+        }
     }
 }

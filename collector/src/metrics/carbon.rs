@@ -2,9 +2,11 @@
 //! the sender's identity in the path (`metrics.carbon.template`).
 //!
 //! One connection; on a failed connect or write it reconnects with a back-off doubling from
-//! [`BACKOFF_MIN`] to `max_backoff`. The lines of the write that failed are kept and written
-//! again first (a server may then see them twice, never lose them to a reconnect); while the
-//! server is away, chunks wait in the bounded queue and the excess is dropped and counted
+//! [`BACKOFF_MIN`] to `max_backoff`. The lines of a write that failed are kept and written
+//! again first (the server may then see some twice). A write the kernel took is counted as
+//! forwarded: TCP cannot tell whether the server read it before it went away, so a server
+//! crash may lose what was in flight. While the server is away, chunks wait in the bounded
+//! queue and the excess is dropped and counted
 //! (`collector_metrics_forward_dropped_samples_total`).
 
 use std::fmt::Write as _;
@@ -118,7 +120,10 @@ pub async fn run(
         if pending.is_empty() {
             tokio::select! {
                 n = rx.recv_many(&mut batch, CHUNKS_PER_WRITE) => if n == 0 { return },
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => {
+                    flush_at_stop(&config, conn, &mut rx).await;
+                    return;
+                }
             }
             pending_n = format(&config, &batch, &mut pending);
             batch.clear();
@@ -169,6 +174,39 @@ pub async fn run(
         backoff = (backoff * 2).min(config.max_backoff);
     }
 }
+
+/// At shutdown: what is queued, written once on the open connection within
+/// [`STOP_FLUSH_TIMEOUT`]; what cannot be is counted as dropped.
+async fn flush_at_stop(
+    config: &CarbonConfig,
+    conn: Option<TcpStream>,
+    rx: &mut mpsc::Receiver<Arc<Chunk>>,
+) {
+    rx.close();
+    let mut chunks = Vec::new();
+    while let Ok(c) = rx.try_recv() {
+        chunks.push(c);
+    }
+    let mut text = String::new();
+    let n = format(config, &chunks, &mut text);
+    if n == 0 {
+        return;
+    }
+    let written = match conn {
+        Some(mut s) => tokio::time::timeout(STOP_FLUSH_TIMEOUT, s.write_all(text.as_bytes()))
+            .await
+            .is_ok_and(|r| r.is_ok()),
+        None => false,
+    };
+    if written {
+        events::add(&COUNTERS.forwarded, n);
+    } else {
+        events::add(&COUNTERS.forward_dropped, n);
+    }
+}
+
+/// How long the forwarder may take to write its queue at shutdown.
+const STOP_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[cfg(test)]
 mod tests {

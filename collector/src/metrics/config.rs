@@ -41,6 +41,12 @@ pub struct MetricsConfig {
     /// Concurrent TCP or unix connections from one peer (IP address, or container); further
     /// connections are closed at once and counted.
     pub max_connections_per_peer: usize,
+    /// Concurrent TCP and unix connections in all; further connections are closed at once
+    /// and counted.
+    pub max_connections: usize,
+    /// A connection that sends nothing for this long is closed (its slot is freed).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
     /// Accepted timestamps are at most this old...
     #[serde(with = "humantime_serde")]
     pub max_sample_age: Duration,
@@ -75,6 +81,8 @@ impl Default for MetricsConfig {
             max_line_bytes: 4096,
             max_samples_per_second: 10_000,
             max_connections_per_peer: 64,
+            max_connections: 4096,
+            idle_timeout: Duration::from_secs(600),
             max_sample_age: Duration::from_secs(365 * 24 * 3600),
             max_sample_future: Duration::from_secs(600),
             retention: Duration::from_secs(7 * 24 * 3600),
@@ -159,6 +167,12 @@ impl MetricsConfig {
         if self.max_samples_per_second == 0 {
             return Err(("metrics.max_samples_per_second", "must be at least 1"));
         }
+        if self.max_connections == 0 || self.idle_timeout.is_zero() {
+            return Err((
+                "metrics.max_connections",
+                "max_connections and idle_timeout must be more than zero",
+            ));
+        }
         if self.max_connections_per_peer == 0 {
             return Err(("metrics.max_connections_per_peer", "must be at least 1"));
         }
@@ -186,5 +200,49 @@ impl MetricsConfig {
             return Err(("metrics.carbon.template", "must contain {path}"));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_values_name_their_key_and_empty_disables() {
+        assert_eq!(MetricsConfig::default().check(), Ok(()));
+        let cases = [
+            (
+                MetricsConfig {
+                    tcp: "localhost".into(),
+                    ..MetricsConfig::default()
+                },
+                "metrics.tcp",
+            ),
+            (
+                MetricsConfig {
+                    max_line_bytes: 10,
+                    ..MetricsConfig::default()
+                },
+                "metrics.max_line_bytes",
+            ),
+            (
+                MetricsConfig {
+                    carbon: CarbonConfig {
+                        template: "ecs.{task_id}".into(),
+                        ..CarbonConfig::default()
+                    },
+                    ..MetricsConfig::default()
+                },
+                "metrics.carbon.template",
+            ),
+        ];
+        for (config, key) in cases {
+            assert_eq!(config.check().map_err(|e| e.0), Err(key));
+        }
+        assert_eq!(MetricsConfig::address("", "metrics.udp"), Ok(None));
+        assert_eq!(
+            MetricsConfig::address("0.0.0.0:13290", "metrics.udp"),
+            Ok(Some(SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT))))
+        );
     }
 }

@@ -13,13 +13,14 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, UdpSocket, UnixListener};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::attribute::Attributor;
 use super::events::{self, COUNTERS};
 use super::framing::LineFramer;
-use super::limit::{ConnectionLimiter, RateLimiter};
+use super::limit::{ConnectionLimiter, ConnectionSlot, RateLimiter};
 use super::parse::{ParseSettings, Rejection, parse_line};
 use super::{Chunk, MetricsConfig, MetricsError, Origin, Outputs, Sample};
 
@@ -52,6 +53,9 @@ pub struct Ingest {
     /// Samples per second per owner.
     pub rate: RateLimiter,
     connections: ConnectionLimiter,
+    /// Connections in all (TCP and unix).
+    total: Arc<tokio::sync::Semaphore>,
+    idle_timeout: Duration,
     /// Where chunks go.
     pub outputs: Outputs,
 }
@@ -69,8 +73,24 @@ impl Ingest {
             attributor,
             rate: RateLimiter::new(config.max_samples_per_second),
             connections: ConnectionLimiter::new(config.max_connections_per_peer),
+            total: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
+            idle_timeout: config.idle_timeout,
             outputs,
         }
+    }
+
+    /// A connection slot for peer `key`, or `None` (counted) over either bound.
+    fn admit_connection(&self, key: String) -> Option<(ConnectionSlot, OwnedSemaphorePermit)> {
+        let slot = self
+            .total
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .and_then(|permit| Some((self.connections.acquire(key)?, permit)));
+        if slot.is_none() {
+            events::add(&COUNTERS.connections_refused, 1);
+        }
+        slot
     }
 
     /// A chunk builder for `origin`.
@@ -137,10 +157,14 @@ impl Ingest {
         loop {
             let n = tokio::select! {
                 _ = stop.cancelled() => break,
-                r = stream.read(&mut buf) => match r {
-                    Ok(n) => n,
-                    Err(e) => {
+                r = tokio::time::timeout(self.idle_timeout, stream.read(&mut buf)) => match r {
+                    Ok(Ok(n)) => n,
+                    Ok(Err(e)) => {
                         debug!(error = %e, "Metrics connection read failed.");
+                        0
+                    }
+                    Err(_) => {
+                        debug!("Metrics connection idle; closed.");
                         0
                     }
                 },
@@ -235,8 +259,7 @@ pub async fn run_tcp(ingest: Arc<Ingest>, address: SocketAddr, stop: Cancellatio
                 continue;
             }
         };
-        let Some(slot) = ingest.connections.acquire(format!("ip:{}", peer.ip())) else {
-            events::add(&COUNTERS.connections_refused, 1);
+        let Some(slot) = ingest.admit_connection(format!("ip:{}", peer.ip())) else {
             continue;
         };
         let (ingest, stop) = (ingest.clone(), stop.clone());
@@ -326,8 +349,7 @@ pub async fn run_unix(ingest: Arc<Ingest>, path: PathBuf, stop: CancellationToke
             Some(id) => format!("container:{id}"),
             None => format!("pid:{}", pid.unwrap_or(0)),
         };
-        let Some(slot) = ingest.connections.acquire(key) else {
-            events::add(&COUNTERS.connections_refused, 1);
+        let Some(slot) = ingest.admit_connection(key) else {
             continue;
         };
         let (ingest, stop) = (ingest.clone(), stop.clone());
@@ -424,6 +446,27 @@ mod tests {
         stop.cancel();
         task.await.unwrap();
         assert!(!path.exists(), "socket left behind");
+    }
+
+    #[tokio::test]
+    async fn connections_are_bounded_per_peer_and_in_all() {
+        let config = MetricsConfig {
+            max_connections_per_peer: 1,
+            max_connections: 2,
+            ..MetricsConfig::default()
+        };
+        let (ingest, _rx) = ingest(&config);
+        let a = ingest.admit_connection("ip:10.0.0.1".into());
+        assert!(a.is_some());
+        assert!(ingest.admit_connection("ip:10.0.0.1".into()).is_none());
+        let b = ingest.admit_connection("ip:10.0.0.2".into());
+        assert!(b.is_some());
+        assert!(
+            ingest.admit_connection("ip:10.0.0.3".into()).is_none(),
+            "over the total"
+        );
+        drop(a);
+        assert!(ingest.admit_connection("ip:10.0.0.3".into()).is_some());
     }
 
     #[tokio::test]
