@@ -271,16 +271,23 @@ fn same_path_from_two_tasks_lands_on_each_task_over_every_transport() -> Result<
     })?;
     let ctl = super::control_dir(&collector)?;
 
-    // Task a sends 1, 11, 21 and three StatsD hits; task b 2, 12, 22 and five hits.
+    // Task a sends 1, 11, 21 and three StatsD hits; task b 2, 12, 22 and five hits. Task a
+    // also claims task b's id in a path: that lands on task a, as a path like any other.
     let tasks = [TestTask::new("metrics-a"), TestTask::new("metrics-b")];
+    let spoof = format!("ecs.{}.app.requests", tasks[1].task_id);
     let mut containers: Vec<TestContainer> = Vec::new();
     for (i, task) in tasks.iter().enumerate() {
         let n = i + 1;
         let hits = 3 + 2 * i;
         let gw = &net.gateway;
+        let claim = if i == 0 {
+            format!("{spoof} 99\\n")
+        } else {
+            String::new()
+        };
         let script = format!(
             "{go}; \
-             printf 'app.requests {n}\\n' | /graphite-send unix /run/graphite.sock && \
+             printf 'app.requests {n}\\n{claim}' | /graphite-send unix /run/graphite.sock && \
              printf 'app.tcp 1{n}\\n' | /graphite-send tcp {gw}:{port} && \
              printf 'app.udp 2{n}\\n' | /graphite-send udp {gw}:{port} && \
              i=0; while [ $i -lt {hits} ]; do printf 'app.hits:1|c\\n'; i=$((i+1)); done \
@@ -315,12 +322,16 @@ fn same_path_from_two_tasks_lands_on_each_task_over_every_transport() -> Result<
     for (i, task) in tasks.iter().enumerate() {
         let n = (i + 1) as f64;
         let hits = (3 + 2 * i) as f64;
-        let want = vec![
+        let mut want = vec![
             ("app.hits".to_owned(), hits),
             ("app.requests".to_owned(), n),
             ("app.tcp".to_owned(), 10.0 + n),
             ("app.udp".to_owned(), 20.0 + n),
         ];
+        if i == 0 {
+            want.push((spoof.clone(), 99.0));
+            want.sort_by(|a, b| a.0.cmp(&b.0));
+        }
         // By task id for one, by ARN for the other.
         let query = if i == 0 {
             task.task_id.clone()
