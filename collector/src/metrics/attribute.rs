@@ -9,7 +9,10 @@
 //! - TCP and UDP: the peer address is matched against the addresses Docker gave running
 //!   containers on its networks (`NetworkSettings.Networks`). The map is refreshed when an
 //!   address is unknown (at most once per [`REFRESH_MIN_INTERVAL`]) and when the container a
-//!   cached address names is no longer running, since Docker reuses addresses.
+//!   cached address names is no longer running, since Docker reuses addresses. A TCP peer
+//!   whose address is no container's may be in the collector's own network namespace
+//!   (host network mode): the process holding its socket is found (`netns.rs`) and
+//!   attributed by its cgroup, as above.
 //!
 //! The identity (task ARN, family, container name) comes from the inventory's view; for a
 //! container the inventory has not identified yet, from its cgroup path or Docker labels.
@@ -67,6 +70,29 @@ impl Attributor {
 
     /// The sender behind a unix socket peer's PID.
     pub fn by_pid(&self, pid: i32) -> Arc<Origin> {
+        self.by_pid_via(pid, "peer_credentials")
+    }
+
+    /// The sender of a TCP connection from this network namespace (host network mode, host
+    /// processes): the process holding the peer's socket (`super::netns`).
+    pub async fn by_tcp_peer(
+        &self,
+        peer: std::net::SocketAddr,
+        local: std::net::SocketAddr,
+    ) -> Arc<Origin> {
+        let procfs = self.procfs_root.clone();
+        let pid =
+            tokio::task::spawn_blocking(move || super::netns::tcp_peer_pid(&procfs, peer, local))
+                .await
+                .ok()
+                .flatten();
+        match pid {
+            Some(pid) => self.by_pid_via(pid, "peer_socket"),
+            None => Arc::new(Origin::unattributed()),
+        }
+    }
+
+    fn by_pid_via(&self, pid: i32, via: &'static str) -> Arc<Origin> {
         let path = self.procfs_root.join(pid.to_string()).join("cgroup");
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
@@ -76,9 +102,7 @@ impl Attributor {
             }
         };
         match container_of(&parse_proc_cgroup(&text)) {
-            Some((hint, _)) => {
-                self.origin_of(&hint.container_id, hint.task_id, None, "peer_credentials")
-            }
+            Some((hint, _)) => self.origin_of(&hint.container_id, hint.task_id, None, via),
             None => Arc::new(Origin::unattributed()),
         }
     }

@@ -265,7 +265,12 @@ pub async fn run_tcp(ingest: Arc<Ingest>, address: SocketAddr, stop: Cancellatio
         let (ingest, stop) = (ingest.clone(), stop.clone());
         connections.spawn(async move {
             let _slot = slot;
-            let origin = ingest.attributor.by_address(peer.ip()).await;
+            let mut origin = ingest.attributor.by_address(peer.ip()).await;
+            if origin.is_unattributed()
+                && let Ok(local) = stream.local_addr()
+            {
+                origin = ingest.attributor.by_tcp_peer(peer, local).await;
+            }
             ingest
                 .serve_stream(stream, origin, Transport::Tcp, stop)
                 .await;

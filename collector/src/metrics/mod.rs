@@ -21,7 +21,8 @@
 //! - `config.rs`: `[metrics]`.
 //! - `parse.rs`: the strict Graphite line parser and its rejection reasons.
 //! - `framing.rs`: lines out of a byte stream, bounded.
-//! - `attribute.rs`: peer -> container -> task.
+//! - `attribute.rs`: peer -> container -> task; `netns.rs`: TCP peers in our own network
+//!   namespace (host network mode) -> the process holding the socket.
 //! - `limit.rs`: samples per second per task, connections per peer.
 //! - `listen.rs`: the TCP, UDP and unix listeners.
 //! - `statsd.rs`: StatsD parsing and per-interval aggregation.
@@ -38,6 +39,7 @@ pub mod events;
 pub mod framing;
 pub mod limit;
 pub mod listen;
+pub mod netns;
 pub mod parse;
 pub mod statsd;
 pub mod store;
@@ -128,7 +130,7 @@ pub struct Origin {
     pub family: Option<String>,
     /// The task definition revision, when known.
     pub revision: Option<u32>,
-    /// How it was found: `peer_credentials`, `peer_address`, or `none`.
+    /// How it was found: `peer_credentials`, `peer_address`, `peer_socket`, or `none`.
     pub via: &'static str,
 }
 

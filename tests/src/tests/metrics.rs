@@ -548,3 +548,57 @@ fn malformed_input_is_rejected_per_reason_and_good_samples_are_unaffected() -> R
     collector.check_running()?;
     Ok(())
 }
+
+/// A container in the host's network namespace (ECS `host` mode) sends from an address that
+/// is not its own: its TCP samples are attributed through the socket it holds, while the
+/// host's own process sending the same way stays unattributed.
+#[test]
+fn a_host_network_container_is_attributed_through_its_socket() -> Result<()> {
+    let sender = graphite_send()?;
+    let port = free_port()?;
+    let mut collector = CollectorProcess::builder()
+        .env("COLLECTOR_METRICS__TCP", format!("127.0.0.1:{port}"))
+        .env("COLLECTOR_METRICS__UDP", "")
+        .env("COLLECTOR_METRICS__STATSD", "")
+        .start()?;
+    let api = collector.data_dir().join("control.sock");
+    let ctl = super::control_dir(&collector)?;
+    let task = TestTask::new("metrics-host");
+    let _container = TestContainer::builder()
+        .ecs(&task, "daemon")
+        .bind(&sender, "/graphite-send")
+        .bind(&ctl, "/ctl")
+        .options(["--network", "host"])
+        .shell(format!(
+            "{go}; printf 'host.mode 5\\n' | /graphite-send tcp 127.0.0.1:{port} && exec sleep 600",
+            go = super::WAIT_FOR_GO
+        ))
+        .start()?;
+    collector.wait_until(TIMEOUT, "the task known", || {
+        Ok(
+            match get_json(&api, &format!("/v1/tasks/{}", task.task_id))? {
+                Some(_) => Check::Done(()),
+                None => Check::Waiting("404".into()),
+            },
+        )
+    })?;
+    super::go(&ctl)?;
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.write_all(b"host.process 6\n")?;
+    drop(s);
+    collector.wait_until(TIMEOUT, "host.mode on its task", || {
+        Ok(
+            match get_json(&api, &format!("/v1/metrics/tasks/{}", task.task_id))? {
+                Some(a) if latest(&a) == [("host.mode".to_owned(), 5.0)] => Check::Done(()),
+                other => Check::Waiting(format!("{:?}", other.as_ref().map(latest))),
+            },
+        )
+    })?;
+    collector.wait_until(TIMEOUT, "host.process unattributed", || {
+        Ok(match get_json(&api, "/v1/metrics/unattributed")? {
+            Some(a) if latest(&a) == [("host.process".to_owned(), 6.0)] => Check::Done(()),
+            other => Check::Waiting(format!("{:?}", other.as_ref().map(latest))),
+        })
+    })?;
+    Ok(())
+}
