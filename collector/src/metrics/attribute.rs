@@ -87,9 +87,44 @@ impl Attributor {
                 .ok()
                 .flatten();
         match pid {
-            Some(pid) => self.by_pid_via(pid, "peer_socket"),
+            Some(pid) => self.complete(self.by_pid_via(pid, "peer_socket")).await,
             None => Arc::new(Origin::unattributed()),
         }
+    }
+
+    /// Completes the origin of a container the inventory has not identified yet (one that
+    /// sends in its first milliseconds) from Docker's labels, so it carries its task's family
+    /// and cluster like the others. Anything else is returned as is.
+    pub async fn complete(&self, origin: Arc<Origin>) -> Arc<Origin> {
+        let Some(id) = origin.container_id.clone() else {
+            return origin;
+        };
+        if origin.family.is_some() || self.view.container(&id).is_some() {
+            return origin;
+        }
+        let info = match self.docker.inspect(&id).await {
+            Ok(info) => info,
+            Err(e) => {
+                debug!(container_id = %id, error = %crate::internal_events::chain(&e), "Cannot inspect a metrics sender.");
+                return origin;
+            }
+        };
+        let mut identity = ContainerIdentity::new(id.clone());
+        let mut ecs = ecs_from_labels(&info.labels);
+        if let Some(t) = origin.task_id.clone() {
+            ecs.get_or_insert_with(Default::default)
+                .task_id
+                .get_or_insert(t);
+        }
+        identity.ecs = ecs;
+        identity.docker_name = Some(info.name);
+        let complete = Arc::new(Origin::of_identity(&identity, origin.via));
+        let mut origins = self.origins.lock().unwrap_or_else(|p| p.into_inner());
+        if origins.len() > 4096 {
+            origins.clear();
+        }
+        origins.insert(id, (complete.clone(), Instant::now()));
+        complete
     }
 
     fn by_pid_via(&self, pid: i32, via: &'static str) -> Arc<Origin> {

@@ -360,6 +360,7 @@ pub async fn run_unix(ingest: Arc<Ingest>, path: PathBuf, stop: CancellationToke
         let (ingest, stop) = (ingest.clone(), stop.clone());
         connections.spawn(async move {
             let _slot = slot;
+            let origin = ingest.attributor.complete(origin).await;
             ingest
                 .serve_stream(stream, origin, Transport::Unix, stop)
                 .await;

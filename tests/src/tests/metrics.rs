@@ -562,38 +562,38 @@ fn a_host_network_container_is_attributed_through_its_socket() -> Result<()> {
         .env("COLLECTOR_METRICS__STATSD", "")
         .start()?;
     let api = collector.data_dir().join("control.sock");
-    let ctl = super::control_dir(&collector)?;
+    collector.wait_until(TIMEOUT, "the TCP listener", || {
+        Ok(match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(_) => Check::Done(()),
+            Err(e) => Check::Waiting(e.to_string()),
+        })
+    })?;
     let task = TestTask::new("metrics-host");
     let _container = TestContainer::builder()
         .ecs(&task, "daemon")
         .bind(&sender, "/graphite-send")
-        .bind(&ctl, "/ctl")
         .options(["--network", "host"])
         .shell(format!(
-            "{go}; printf 'host.mode 5\\n' | /graphite-send tcp 127.0.0.1:{port} && exec sleep 600",
-            go = super::WAIT_FOR_GO
+            "printf 'host.mode 5\\n' | /graphite-send tcp 127.0.0.1:{port} && exec sleep 600"
         ))
         .start()?;
-    collector.wait_until(TIMEOUT, "the task known", || {
-        Ok(
-            match get_json(&api, &format!("/v1/tasks/{}", task.task_id))? {
-                Some(_) => Check::Done(()),
-                None => Check::Waiting("404".into()),
-            },
-        )
-    })?;
-    super::go(&ctl)?;
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.write_all(b"host.process 6\n")?;
     drop(s);
-    collector.wait_until(TIMEOUT, "host.mode on its task", || {
+    // It sends as it starts, before the inventory may know it: Docker's labels complete its
+    // identity.
+    let answer = collector.wait_until(TIMEOUT, "host.mode on its task", || {
         Ok(
             match get_json(&api, &format!("/v1/metrics/tasks/{}", task.task_id))? {
-                Some(a) if latest(&a) == [("host.mode".to_owned(), 5.0)] => Check::Done(()),
+                Some(a) if latest(&a) == [("host.mode".to_owned(), 5.0)] => Check::Done(a),
                 other => Check::Waiting(format!("{:?}", other.as_ref().map(latest))),
             },
         )
     })?;
+    ensure!(
+        answer["family"] == task.family.as_str() && answer["task_arn"] == task.arn.as_str(),
+        "identity of the host-mode task: {answer}"
+    );
     collector.wait_until(TIMEOUT, "host.process unattributed", || {
         Ok(match get_json(&api, "/v1/metrics/unattributed")? {
             Some(a) if latest(&a) == [("host.process".to_owned(), 6.0)] => Check::Done(()),
