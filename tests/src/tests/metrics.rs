@@ -393,6 +393,20 @@ fn same_path_from_two_tasks_lands_on_each_task_over_every_transport() -> Result<
         "inspect of task a shows no metrics: {inspect:#}"
     );
 
+    // And `collector inspect`, as people read it.
+    let out = collector
+        .cli(["inspect", tasks[0].task_id.as_str()])
+        .output()
+        .context("run collector inspect")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success()
+            && text.contains("  latest    app.requests = 1 @")
+            && text.contains("  latest    app.udp = 21 @"),
+        "inspect's Metrics section:\n{text}"
+    );
+    eprintln!("{}", &text[text.find("Metrics").unwrap_or(0)..]);
+
     // carbon-c-relay got every sample, the identity in the path.
     let want: Vec<String> = tasks
         .iter()
