@@ -3,9 +3,11 @@
 //!
 //! One connection; on a failed connect or write it reconnects with a back-off doubling from
 //! [`BACKOFF_MIN`] to `max_backoff`. The lines of a write that failed are kept and written
-//! again first (the server may then see some twice). A write the kernel took is counted as
-//! forwarded: TCP cannot tell whether the server read it before it went away, so a server
-//! crash may lose what was in flight. While the server is away, chunks wait in the bounded
+//! again first (the server may then see some twice). Before each write the connection is
+//! checked for the server's FIN (a server never writes to us, so a readable socket means it
+//! closed): a restarted server is reconnected to instead of written into a dead connection.
+//! A write the kernel took is counted as forwarded: TCP cannot tell whether the server read
+//! it before it went away, so a server crash in the middle of a write may lose it. While the server is away, chunks wait in the bounded
 //! queue and the excess is dropped and counted
 //! (`collector_metrics_forward_dropped_samples_total`).
 
@@ -149,6 +151,16 @@ pub async fn run(
                 }
             }
         }
+        // A Graphite server never writes to us: a readable socket that reads 0 bytes (or an
+        // error) means it closed. Checked before each write, so a server that restarted is
+        // reconnected to before lines are written into a dead connection, which the kernel
+        // would accept and lose.
+        if conn.as_ref().is_some_and(closed_by_peer) {
+            events::add(&COUNTERS.forward_errors, 1);
+            warn!(address = %config.address, "The carbon server closed the connection; reconnecting.");
+            conn = None;
+            continue;
+        }
         if let Some(s) = conn.as_mut() {
             match s.write_all(pending.as_bytes()).await {
                 Ok(()) => {
@@ -172,6 +184,16 @@ pub async fn run(
             }
         }
         backoff = (backoff * 2).min(config.max_backoff);
+    }
+}
+
+/// Whether the server closed (or reset) the connection, without waiting.
+fn closed_by_peer(s: &TcpStream) -> bool {
+    let mut probe = [0u8; 64];
+    match s.try_read(&mut probe) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
     }
 }
 

@@ -133,6 +133,7 @@ fn counter(socket: &Path, name_and_labels: &str) -> Result<u64> {
 /// carbon-c-relay forwarding to a TCP listener owned by the test, which keeps every line.
 struct Relay {
     child: Child,
+    conf: PathBuf,
     port: u16,
     received: Arc<Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
@@ -165,23 +166,32 @@ impl Relay {
                  match * send to upstream stop ;\n"
             ),
         )?;
-        let child = Command::new("carbon-c-relay")
-            .args(["-s", "-w", "1", "-f"])
-            .arg(&conf)
-            .arg("-l")
-            .arg(dir.path().join("relay.log"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context(
-                "start carbon-c-relay (`apt-get install carbon-c-relay`; `cargo xtask test` installs it)",
-            )?;
-        let relay = Relay {
-            child,
+        let mut relay = Relay {
+            child: spawn_relay(&conf)?,
+            conf,
             port,
             received,
             _dir: dir,
         };
+        relay.wait_listening()?;
+        Ok(relay)
+    }
+
+    /// Kills carbon-c-relay (SIGKILL: its connections are closed by the kernel).
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port.
+    fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.child = spawn_relay(&self.conf)?;
+        self.wait_listening()
+    }
+
+    fn wait_listening(&mut self) -> Result<()> {
+        let port = self.port;
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             ensure!(
@@ -190,12 +200,27 @@ impl Relay {
             );
             thread::sleep(Duration::from_millis(50));
         }
-        Ok(relay)
+        Ok(())
     }
 
     fn lines(&self) -> Vec<String> {
         self.received.lock().unwrap().clone()
     }
+}
+
+/// carbon-c-relay on `conf`, logging next to it.
+fn spawn_relay(conf: &Path) -> Result<Child> {
+    Command::new("carbon-c-relay")
+        .args(["-s", "-w", "1", "-f"])
+        .arg(conf)
+        .arg("-l")
+        .arg(conf.with_extension("log"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context(
+            "start carbon-c-relay (`apt-get install carbon-c-relay`; `cargo xtask test` installs it)",
+        )
 }
 
 impl Drop for Relay {
@@ -614,5 +639,78 @@ fn a_host_network_container_is_attributed_through_its_socket() -> Result<()> {
             other => Check::Waiting(format!("{:?}", other.as_ref().map(latest))),
         })
     })?;
+    Ok(())
+}
+
+/// carbon-c-relay killed and started again: the forwarder notices, reconnects with its
+/// back-off, and what was sent meanwhile arrives (it waited in the queue).
+#[test]
+fn the_forwarder_reconnects_when_carbon_c_relay_restarts() -> Result<()> {
+    let mut relay = Relay::start()?;
+    let port = free_port()?;
+    let mut collector = CollectorProcess::builder()
+        .env("COLLECTOR_METRICS__TCP", format!("127.0.0.1:{port}"))
+        .env("COLLECTOR_METRICS__UDP", "")
+        .env("COLLECTOR_METRICS__STATSD", "")
+        .env("COLLECTOR_METRICS__CARBON__ENABLED", "true")
+        .env("COLLECTOR_METRICS__CARBON__MAX_BACKOFF", "500ms")
+        .env(
+            "COLLECTOR_METRICS__CARBON__ADDRESS",
+            format!("127.0.0.1:{}", relay.port),
+        )
+        .start()?;
+    let api = collector.data_dir().join("control.sock");
+    collector.wait_until(TIMEOUT, "the TCP listener", || {
+        Ok(match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(_) => Check::Done(()),
+            Err(e) => Check::Waiting(e.to_string()),
+        })
+    })?;
+    let send = |line: &str| -> Result<()> {
+        let mut s = TcpStream::connect(("127.0.0.1", port))?;
+        s.write_all(line.as_bytes())?;
+        Ok(())
+    };
+    let arrived = |relay: &Relay, want: &[&str]| {
+        let lines = relay.lines();
+        let missing: Vec<&str> = want
+            .iter()
+            .copied()
+            .filter(|w| !lines.iter().any(|l| l.starts_with(w)))
+            .collect();
+        if missing.is_empty() {
+            Check::Done(())
+        } else {
+            Check::Waiting(format!("missing {missing:?}; got {lines:?}"))
+        }
+    };
+    send("fw.one 1\n")?;
+    collector.wait_until(TIMEOUT, "fw.one forwarded", || {
+        Ok(arrived(&relay, &["unattributed.fw.one 1 "]))
+    })?;
+    relay.kill();
+    thread::sleep(Duration::from_millis(300));
+    send("fw.two 2\n")?;
+    thread::sleep(Duration::from_secs(1));
+    relay.restart()?;
+    send("fw.three 3\n")?;
+    collector.wait_until(
+        TIMEOUT,
+        "fw.two and fw.three forwarded after the restart",
+        || {
+            Ok(arrived(
+                &relay,
+                &["unattributed.fw.two 2 ", "unattributed.fw.three 3 "],
+            ))
+        },
+    )?;
+    ensure!(
+        counter(&api, "collector_metrics_forward_errors_total")? > 0,
+        "the outage was not counted"
+    );
+    ensure!(
+        counter(&api, "collector_metrics_forward_dropped_samples_total")? == 0,
+        "samples dropped though the queue had room"
+    );
     Ok(())
 }
