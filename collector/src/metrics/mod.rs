@@ -313,3 +313,65 @@ pub fn spawn(
     info!(tcp = %mc.tcp, udp = %mc.udp, statsd = %mc.statsd, carbon = mc.carbon.enabled, "Metrics ingest starting.");
     Ok(tasks)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(n: usize) -> Chunk {
+        Chunk {
+            origin: Arc::new(Origin::unattributed()),
+            samples: (0..n)
+                .map(|i| Sample {
+                    path: format!("p{i}"),
+                    value: 1.0,
+                    timestamp: 1,
+                })
+                .collect(),
+            rejected: 0,
+            rate_limited: 0,
+        }
+    }
+
+    #[test]
+    fn full_queues_drop_and_count_without_waiting() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (store, _store_rx) = mpsc::channel(1);
+        let (carbon, _carbon_rx) = mpsc::channel(1);
+        let outputs = Outputs {
+            store,
+            carbon: Some(carbon),
+        };
+        let (queue_full, forward_dropped) = (
+            events::COUNTERS.queue_full.load(Relaxed),
+            events::COUNTERS.forward_dropped.load(Relaxed),
+        );
+        for _ in 0..3 {
+            outputs.try_send(chunk(2));
+        }
+        // The first chunk fits each queue; the other two are dropped, 2 samples each.
+        // (The counters are process-wide: other tests may add to them meanwhile.)
+        assert!(events::COUNTERS.queue_full.load(Relaxed) - queue_full >= 4);
+        assert!(events::COUNTERS.forward_dropped.load(Relaxed) - forward_dropped >= 4);
+    }
+
+    #[test]
+    fn owners_are_the_task_else_the_container() {
+        let id = ContainerId::parse(&"c".repeat(64)).unwrap();
+        let mut identity = ContainerIdentity::new(id.clone());
+        assert_eq!(
+            Origin::of_identity(&identity, "x").owner,
+            format!("container:{id}")
+        );
+        identity.ecs = Some(crate::identify::EcsTask {
+            task_id: TaskId::parse(&"1".repeat(32)),
+            family: Some("web".into()),
+            ..Default::default()
+        });
+        let o = Origin::of_identity(&identity, "x");
+        assert_eq!(o.owner, "1".repeat(32));
+        assert_eq!(o.family.as_deref(), Some("web"));
+        assert!(!o.is_unattributed());
+        assert_eq!(Owner::Unattributed.key(), UNATTRIBUTED);
+    }
+}
