@@ -77,7 +77,28 @@ pub async fn run(
     }
 }
 
+/// Samples per transaction at most: the state database has one connection, shared with the
+/// shipper's checkpoint commits, which must not wait behind a long metrics write.
+const SAMPLES_PER_TRANSACTION: usize = 5_000;
+
+/// Writes `chunks` in transactions of about [`SAMPLES_PER_TRANSACTION`] samples.
 async fn write(store: &Store, chunks: Vec<Arc<Chunk>>, limits: MetricLimits) {
+    let mut group = Vec::new();
+    let mut samples = 0;
+    for c in chunks {
+        samples += c.samples.len();
+        group.push(c);
+        if samples >= SAMPLES_PER_TRANSACTION {
+            write_one(store, std::mem::take(&mut group), limits).await;
+            samples = 0;
+        }
+    }
+    if !group.is_empty() {
+        write_one(store, group, limits).await;
+    }
+}
+
+async fn write_one(store: &Store, chunks: Vec<Arc<Chunk>>, limits: MetricLimits) {
     let s = store.clone();
     let n: u64 = chunks.iter().map(|c| c.samples.len() as u64).sum();
     match tokio::task::spawn_blocking(move || s.record_metrics(&chunks, limits)).await {

@@ -714,3 +714,88 @@ fn the_forwarder_reconnects_when_carbon_c_relay_restarts() -> Result<()> {
     );
     Ok(())
 }
+
+/// Connections over the per-peer bound are closed at once and counted; the ones within it
+/// and the listener carry on.
+#[test]
+fn connections_over_the_per_peer_bound_are_closed_and_counted() -> Result<()> {
+    let port = free_port()?;
+    let mut collector = CollectorProcess::builder()
+        .env("COLLECTOR_METRICS__TCP", format!("127.0.0.1:{port}"))
+        .env("COLLECTOR_METRICS__UDP", "")
+        .env("COLLECTOR_METRICS__STATSD", "")
+        .env("COLLECTOR_METRICS__MAX_CONNECTIONS_PER_PEER", "2")
+        .start()?;
+    let api = collector.data_dir().join("control.sock");
+    collector.wait_until(TIMEOUT, "the TCP listener", || {
+        Ok(match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(_) => Check::Done(()),
+            Err(e) => Check::Waiting(e.to_string()),
+        })
+    })?;
+    // The probes above closed: wait until the collector freed their slots.
+    let idle = |s: &TcpStream| -> Result<bool> {
+        s.set_read_timeout(Some(Duration::from_millis(500)))?;
+        let mut b = [0u8; 1];
+        Ok(match (&*s).read(&mut b) {
+            Ok(0) => false,
+            Ok(_) => bail!("the collector wrote to a Graphite client"),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                true
+            }
+            Err(_) => false,
+        })
+    };
+    let deadline = Instant::now() + TIMEOUT;
+    let (first, second) = loop {
+        let a = TcpStream::connect(("127.0.0.1", port))?;
+        let b = TcpStream::connect(("127.0.0.1", port))?;
+        if idle(&a)? && idle(&b)? {
+            break (a, b);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "two connections are never held open"
+        );
+    };
+    let refused_before = counter(&api, "collector_metrics_connections_refused_total")?;
+    let third = TcpStream::connect(("127.0.0.1", port))?;
+    ensure!(
+        !idle(&third)?,
+        "a third connection from the same peer was kept open"
+    );
+    ensure!(
+        counter(&api, "collector_metrics_connections_refused_total")? == refused_before + 1,
+        "the refused connection was not counted"
+    );
+    // The two within the bound still work, and once one closes a new one is taken.
+    (&first).write_all(b"held.one 1\n")?;
+    drop(first);
+    drop(third);
+    collector.wait_until(TIMEOUT, "a new connection after one closed", || {
+        let s = TcpStream::connect(("127.0.0.1", port))?;
+        Ok(if idle(&s)? {
+            (&s).write_all(b"after.close 2\n")?;
+            Check::Done(())
+        } else {
+            Check::Waiting("refused".into())
+        })
+    })?;
+    (&second).write_all(b"held.two 3\n")?;
+    drop(second);
+    let want = vec![
+        ("after.close".to_owned(), 2.0),
+        ("held.one".to_owned(), 1.0),
+        ("held.two".to_owned(), 3.0),
+    ];
+    collector.wait_until(TIMEOUT, "the samples of the kept connections", || {
+        Ok(match get_json(&api, "/v1/metrics/unattributed")? {
+            Some(a) if latest(&a) == want => Check::Done(()),
+            other => Check::Waiting(format!("{:?}", other.as_ref().map(latest))),
+        })
+    })?;
+    Ok(())
+}
