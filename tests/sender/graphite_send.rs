@@ -1,6 +1,7 @@
 //! `graphite-send MODE TARGET [LINGER_MS]`: copies stdin to a unix stream socket (`unix
-//! PATH`), a TCP peer (`tcp IP:PORT`) or a UDP peer (`udp IP:PORT`, one datagram per line),
-//! then keeps the connection open `LINGER_MS` (default 300) before closing it.
+//! PATH`), a TCP peer (`tcp IP:PORT`) or a UDP peer (`udp IP:PORT`, one datagram per line;
+//! `udp-one IP:PORT`, all of stdin in one datagram), then keeps the connection open
+//! `LINGER_MS` (default 300) before closing it.
 //!
 //! The metrics tests run it inside busybox containers (whose `nc` has neither `-U` nor
 //! `-u`): the harness compiles this one file with `rustc -C target-feature=+crt-static`,
@@ -15,7 +16,7 @@ use std::time::Duration;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 3 {
-        eprintln!("usage: graphite-send unix|tcp|udp TARGET [LINGER_MS]");
+        eprintln!("usage: graphite-send unix|tcp|udp|udp-one TARGET [LINGER_MS]");
         return ExitCode::from(64);
     }
     let linger = args
@@ -44,6 +45,7 @@ fn main() -> ExitCode {
             }
             Ok(())
         }),
+        "udp-one" => UdpSocket::bind("0.0.0.0:0").and_then(|s| s.send_to(&data, &args[2]).map(drop)),
         other => {
             eprintln!("graphite-send: unknown mode {other}");
             return ExitCode::from(64);

@@ -315,8 +315,9 @@ fn same_path_from_two_tasks_lands_on_each_task_over_every_transport() -> Result<
              printf 'app.requests {n}\\n{claim}' | /graphite-send unix /run/graphite.sock && \
              printf 'app.tcp 1{n}\\n' | /graphite-send tcp {gw}:{port} && \
              printf 'app.udp 2{n}\\n' | /graphite-send udp {gw}:{port} && \
-             i=0; while [ $i -lt {hits} ]; do printf 'app.hits:1|c\\n'; i=$((i+1)); done \
-               | /graphite-send udp {gw}:{statsd} && echo sent; exec sleep 600",
+             {{ i=0; while [ $i -lt {hits} ]; do printf 'app.hits:1|c\\n'; i=$((i+1)); done; \
+                printf 'app.mem:{n}00|g\\napp.mem:+5|g\\napp.lat:{n}0|ms\\napp.lat:{n}4|ms\\n'; }} \
+               | /graphite-send udp-one {gw}:{statsd} && echo sent; exec sleep 600",
             go = super::WAIT_FOR_GO,
         );
         containers.push(
@@ -347,8 +348,16 @@ fn same_path_from_two_tasks_lands_on_each_task_over_every_transport() -> Result<
     for (i, task) in tasks.iter().enumerate() {
         let n = (i + 1) as f64;
         let hits = (3 + 2 * i) as f64;
+        // StatsD, aggregated over one interval (one datagram): counter, gauge with a delta,
+        // timer.
         let mut want = vec![
             ("app.hits".to_owned(), hits),
+            ("app.lat.count".to_owned(), 2.0),
+            ("app.lat.max".to_owned(), 10.0 * n + 4.0),
+            ("app.lat.mean".to_owned(), 10.0 * n + 2.0),
+            ("app.lat.min".to_owned(), 10.0 * n),
+            ("app.lat.sum".to_owned(), 20.0 * n + 4.0),
+            ("app.mem".to_owned(), 100.0 * n + 5.0),
             ("app.requests".to_owned(), n),
             ("app.tcp".to_owned(), 10.0 + n),
             ("app.udp".to_owned(), 20.0 + n),
