@@ -132,6 +132,11 @@ pub fn parse_line<'a>(
     if line.iter().all(|b| *b == b' ' || *b == b'\t') {
         return Err(Rejection::EmptyLine);
     }
+    // A line that starts with a separator has an empty path: reading its value as the path
+    // (as splitting on whitespace would) would store a number under a number.
+    if line.starts_with(b" ") || line.starts_with(b"\t") {
+        return Err(Rejection::EmptyPath);
+    }
     // Fields are separated by single or repeated spaces (carbon splits on whitespace).
     let mut fields = line
         .split(|b| *b == b' ' || *b == b'\t')
@@ -243,6 +248,8 @@ mod tests {
             ("   ", Rejection::EmptyLine),
             ("a", Rejection::MissingValue),
             (". 1", Rejection::EmptyPath),
+            (" 1 1790000000", Rejection::EmptyPath),
+            ("\t1", Rejection::EmptyPath),
             ("a..b 1", Rejection::EmptyPath),
             ("a. 1", Rejection::EmptyPath),
             (".a 1", Rejection::EmptyPath),

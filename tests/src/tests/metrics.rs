@@ -504,7 +504,7 @@ fn malformed_input_is_rejected_per_reason_and_good_samples_are_unaffected() -> R
     };
     send(
         format!(
-            "good.a 1 {t}\nnan.x NaN {t}\ninf.x inf\n. 1\na..b 1\n\x00\x01\x02\x03 5\n\
+            "good.a 1 {t}\nnan.x NaN {t}\ninf.x inf\n. 1\na..b 1\n 7 {t}\n\x00\x01\x02\x03 5\n\
              old 1 0\nfuture 1 4102444800\ntoo.many 1 {t} x\ngood.b 2\n"
         )
         .as_bytes(),
@@ -520,7 +520,7 @@ fn malformed_input_is_rejected_per_reason_and_good_samples_are_unaffected() -> R
 
     let expected = [
         ("non_finite_value", 2),
-        ("empty_path", 2),
+        ("empty_path", 3),
         ("invalid_path", 2),
         ("timestamp_out_of_range", 2),
         ("too_many_fields", 1),
@@ -556,7 +556,7 @@ fn malformed_input_is_rejected_per_reason_and_good_samples_are_unaffected() -> R
         })
     })?;
     ensure!(
-        answer["rejected"] == 11,
+        answer["rejected"] == 12,
         "rejected lines of the sender: {}",
         answer["rejected"]
     );
