@@ -293,3 +293,35 @@ fn relay(plan: &Plan, scenario: &str, data: Arc<Vec<u8>>) -> Result<Row> {
     measure::stop(&mut child, Duration::from_secs(5));
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::Scenario;
+
+    /// The scenario end to end on a small input with whatever collector this workspace
+    /// built: every sample forwarded and stored, and carbon-c-relay's run beside it.
+    #[test]
+    fn quick_graphite_run_delivers_every_sample() {
+        let work = tempfile::tempdir().unwrap();
+        let plan = Plan {
+            big_bytes: 0,
+            many_containers: 0,
+            many_bytes_each: 0,
+            idle_containers: 0,
+            idle_seconds: 0,
+            discovery_runs: 0,
+            graphite_samples: 20_000,
+            scenarios: vec![Scenario::Graphite],
+            work_dir: work.path().to_owned(),
+            collector: measure::collector_for_tests(),
+        };
+        measure::ensure_sqlite3().unwrap();
+        let mut report = Report::default();
+        run(&plan, &mut report).unwrap();
+        report.print(&plan);
+        assert!(report.all_delivered(), "{:#?}", report.rows);
+        assert_eq!(report.rows[0].tool, "collector");
+        assert_eq!(report.rows[0].delivered, Some(20_000));
+    }
+}
