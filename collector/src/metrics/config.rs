@@ -83,7 +83,7 @@ impl Default for MetricsConfig {
             max_connections_per_peer: 64,
             max_connections: 4096,
             idle_timeout: Duration::from_secs(600),
-            max_sample_age: Duration::from_secs(365 * 24 * 3600),
+            max_sample_age: Duration::from_secs(30 * 24 * 3600),
             max_sample_future: Duration::from_secs(600),
             retention: Duration::from_secs(7 * 24 * 3600),
             history_per_path: 100,

@@ -112,7 +112,7 @@ pub struct ParseSettings {
 impl Default for ParseSettings {
     fn default() -> Self {
         Self {
-            max_age_secs: 365 * 24 * 3600,
+            max_age_secs: 30 * 24 * 3600,
             max_future_secs: 600,
         }
     }
