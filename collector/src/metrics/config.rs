@@ -23,6 +23,8 @@ pub struct MetricsConfig {
     /// Graphite plaintext over a unix stream socket, attributed by the peer's credentials
     /// (the surest way: no address to spoof). Defaults to `<data_dir>/graphite.sock`; mode
     /// 0666 so non-root processes in containers can write to it once it is bind-mounted.
+    /// Give it a directory of its own and bind-mount the directory: the socket is made anew
+    /// at each start, and a bind-mounted socket file would stay the old one.
     pub unix: Option<PathBuf>,
     /// Serve the unix socket.
     pub unix_enabled: bool,
