@@ -62,9 +62,6 @@ pub enum AppError {
     /// The control socket cannot be served (another daemon has it, or it cannot be created).
     #[error(transparent)]
     Control(#[from] ControlError),
-    /// Metrics ingest cannot start.
-    #[error(transparent)]
-    Metrics(#[from] crate::metrics::MetricsError),
     /// The data directory cannot be created.
     #[error("cannot create {path}")]
     CreateDir {
@@ -184,7 +181,7 @@ impl App {
             store.clone(),
             docker.clone(),
             metrics_stop.clone(),
-        )?;
+        );
 
         let mut discovery = tokio::task::JoinSet::new();
         if config.discovery.docker_root_inotify {

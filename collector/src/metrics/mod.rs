@@ -61,7 +61,7 @@ use crate::discover::docker_api::DockerApi;
 use crate::identify::{ContainerId, ContainerIdentity, TaskId};
 use crate::state::Store;
 
-/// Errors of metrics ingest set-up (run-time failures are counted and retried).
+/// Errors of the metrics listeners' set-up; each is logged, counted and retried.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
     /// The unix socket cannot be created.
@@ -246,23 +246,19 @@ impl Outputs {
 }
 
 /// Starts every configured listener, the store writer and the forwarder; they run until
-/// `stop`. Listeners that cannot bind are logged, counted and retried, so a busy port never
-/// stops the collector's logs.
-///
-/// # Errors
-/// None yet at set-up: failures are retried at run time. The `Result` keeps the contract
-/// open for required listeners.
+/// `stop`. Nothing here fails: a listener that cannot bind is logged, counted and retried,
+/// so a busy port never stops the collector's logs.
 pub fn spawn(
     config: &Config,
     view: InventoryView,
     store: Store,
     docker: DockerApi,
     stop: CancellationToken,
-) -> Result<JoinSet<()>, MetricsError> {
+) -> JoinSet<()> {
     let mut tasks = JoinSet::new();
     let mc = &config.metrics;
     if !mc.enabled {
-        return Ok(tasks);
+        return tasks;
     }
     let (store_tx, store_rx) = mpsc::channel(mc.channel_chunks);
     tasks.spawn(store::run(
@@ -311,7 +307,7 @@ pub fn spawn(
         ));
     }
     info!(tcp = %mc.tcp, udp = %mc.udp, statsd = %mc.statsd, carbon = mc.carbon.enabled, "Metrics ingest starting.");
-    Ok(tasks)
+    tasks
 }
 
 #[cfg(test)]
