@@ -41,16 +41,22 @@ const ADDRESS_TTL: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Default)]
 struct AddressMap {
+    /// Each running container's addresses, with its labels.
     by_ip: HashMap<IpAddr, (ContainerId, Arc<BTreeMap<String, String>>)>,
+    /// When Docker was last asked: bounds how often a miss asks again.
     refreshed: Option<Instant>,
 }
 
 /// Finds the container (and task) behind a peer.
 #[derive(Debug)]
 pub struct Attributor {
+    /// Where `/proc/<pid>/cgroup` and `/proc/net/tcp` are read (the host's procfs).
     procfs_root: PathBuf,
+    /// The inventory's identities: the task behind a container.
     view: InventoryView,
+    /// Container addresses and labels of containers the inventory does not know yet.
     docker: DockerApi,
+    /// Container addresses, refreshed from Docker; async so a refresh does not block a thread.
     addresses: tokio::sync::Mutex<AddressMap>,
     /// Origins by container, so a UDP stream does not rebuild one per datagram.
     origins: Mutex<HashMap<ContainerId, (Arc<Origin>, Instant)>>,

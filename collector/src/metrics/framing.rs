@@ -9,8 +9,11 @@ use super::parse::Rejection;
 /// A stream's partial line and whether the current line is being skipped.
 #[derive(Debug)]
 pub struct LineFramer {
+    /// The start of a line whose newline has not arrived yet.
     partial: Vec<u8>,
+    /// Longest line kept.
     max_line_bytes: usize,
+    /// The current line is over the bound: its bytes are dropped up to its newline.
     skipping: bool,
 }
 

@@ -11,7 +11,9 @@ const SWEEP_AT: usize = 4096;
 /// One token bucket per owner key: `rate` tokens per second, holding at most one second's.
 #[derive(Debug)]
 pub struct RateLimiter {
+    /// Tokens per second, and the bucket's size (one second's worth: bursts up to it pass).
     rate: f64,
+    /// Per owner key: tokens left and when they were counted.
     buckets: Mutex<HashMap<String, (f64, Instant)>>,
 }
 
@@ -44,14 +46,18 @@ impl RateLimiter {
 /// Open connections per peer key (an IP address, or a container).
 #[derive(Debug, Clone)]
 pub struct ConnectionLimiter {
+    /// Connections per peer.
     max: usize,
+    /// Open connections by peer key; a key leaves the map at zero.
     open: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 /// Holds one connection slot; gives it back when dropped.
 #[derive(Debug)]
 pub struct ConnectionSlot {
+    /// The peer it counts for.
     key: String,
+    /// The limiter's map, to give the slot back.
     open: Arc<Mutex<HashMap<String, usize>>>,
 }
 

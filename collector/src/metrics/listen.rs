@@ -46,15 +46,19 @@ pub enum Transport {
 /// What every listener shares.
 #[derive(Debug)]
 pub struct Ingest {
+    /// The accepted timestamp window.
     parse: ParseSettings,
+    /// Longest line; bounds the memory one connection holds.
     max_line_bytes: usize,
     /// Who sent it.
     pub attributor: Arc<Attributor>,
     /// Samples per second per owner.
     pub rate: RateLimiter,
+    /// Connections per peer: one container or address cannot take every slot.
     connections: ConnectionLimiter,
-    /// Connections in all (TCP and unix).
+    /// Connections in all (TCP and unix): many peers together cannot exhaust our fds.
     total: Arc<tokio::sync::Semaphore>,
+    /// A silent connection is closed after this, freeing its slots.
     idle_timeout: Duration,
     /// Where chunks go.
     pub outputs: Outputs,

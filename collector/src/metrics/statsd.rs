@@ -100,6 +100,7 @@ type SenderKey = (String, Option<String>);
 pub struct Aggregator {
     /// By owner key and container: the origin and its names.
     by_origin: HashMap<SenderKey, (Arc<Origin>, HashMap<String, Aggregate>)>,
+    /// Names aggregated this interval, over every sender (bounded by [`MAX_KEYS`]).
     keys: usize,
     /// Gauges keep their value across intervals (StatsD semantics for deltas).
     gauges: HashMap<(String, String), f64>,
