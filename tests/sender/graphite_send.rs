@@ -1,7 +1,7 @@
 //! `graphite-send MODE TARGET [LINGER_MS]`: copies stdin to a unix stream socket (`unix
 //! PATH`), a TCP peer (`tcp IP:PORT`) or a UDP peer (`udp IP:PORT`, one datagram per line;
-//! `udp-one IP:PORT`, all of stdin in one datagram), then keeps the connection open
-//! `LINGER_MS` (default 300) before closing it.
+//! `udp-one IP:PORT`, all of stdin in one datagram), then keeps the connection (or the UDP
+//! socket) open `LINGER_MS` (default 300) before closing it.
 //!
 //! The metrics tests run it inside busybox containers (whose `nc` has neither `-U` nor
 //! `-u`): the harness compiles this one file with `rustc -C target-feature=+crt-static`,
@@ -43,9 +43,14 @@ fn main() -> ExitCode {
             for line in data.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                 s.send_to(line, &args[2])?;
             }
+            std::thread::sleep(linger);
             Ok(())
         }),
-        "udp-one" => UdpSocket::bind("0.0.0.0:0").and_then(|s| s.send_to(&data, &args[2]).map(drop)),
+        "udp-one" => UdpSocket::bind("0.0.0.0:0").and_then(|s| {
+            s.send_to(&data, &args[2])?;
+            std::thread::sleep(linger);
+            Ok(())
+        }),
         other => {
             eprintln!("graphite-send: unknown mode {other}");
             return ExitCode::from(64);

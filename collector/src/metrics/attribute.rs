@@ -60,7 +60,19 @@ pub struct Attributor {
     addresses: tokio::sync::Mutex<AddressMap>,
     /// Origins by container, so a UDP stream does not rebuild one per datagram.
     origins: Mutex<HashMap<ContainerId, (Arc<Origin>, Instant)>>,
+    /// UDP senders of our own network namespace by address and port, found or not: the fd
+    /// scan is not repeated per datagram.
+    udp_peers: Mutex<HashMap<std::net::SocketAddr, (Arc<Origin>, Instant)>>,
+    /// The second the UDP scans are counted in, and how many were started in it.
+    udp_scans: Mutex<(Instant, u32)>,
 }
+
+/// fd scans for UDP senders started per second at most; past it, a new sender is
+/// unattributed until a later datagram (a flood from many ports costs little).
+const UDP_SCANS_PER_SECOND: u32 = 20;
+
+/// UDP senders remembered at most.
+const UDP_PEERS_MAX: usize = 4096;
 
 impl Attributor {
     /// An attributor reading `procfs_root`, the inventory's `view` and Docker.
@@ -71,7 +83,52 @@ impl Attributor {
             docker,
             addresses: tokio::sync::Mutex::new(AddressMap::default()),
             origins: Mutex::new(HashMap::new()),
+            udp_peers: Mutex::new(HashMap::new()),
+            udp_scans: Mutex::new((Instant::now(), 0)),
         }
+    }
+
+    /// The sender of a UDP datagram from this network namespace (host network mode, host
+    /// processes): the process holding the socket it was sent from (`super::netns`), while
+    /// that socket is open. Cached per sender address and port for [`ADDRESS_TTL`].
+    pub async fn by_udp_peer(&self, peer: std::net::SocketAddr) -> Arc<Origin> {
+        if let Some((o, at)) = self
+            .udp_peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&peer)
+            && at.elapsed() < ADDRESS_TTL
+        {
+            return o.clone();
+        }
+        {
+            let mut scans = self.udp_scans.lock().unwrap_or_else(|p| p.into_inner());
+            if scans.0.elapsed() >= Duration::from_secs(1) {
+                *scans = (Instant::now(), 0);
+            }
+            if scans.1 >= UDP_SCANS_PER_SECOND {
+                return Arc::new(Origin::unattributed());
+            }
+            scans.1 += 1;
+        }
+        let procfs = self.procfs_root.clone();
+        let pid = tokio::task::spawn_blocking(move || super::netns::udp_peer_pid(&procfs, peer))
+            .await
+            .ok()
+            .flatten();
+        let origin = match pid {
+            Some(pid) => self.complete(self.by_pid_via(pid, "peer_socket")).await,
+            None => Arc::new(Origin::unattributed()),
+        };
+        let mut peers = self.udp_peers.lock().unwrap_or_else(|p| p.into_inner());
+        if peers.len() >= UDP_PEERS_MAX {
+            peers.retain(|_, (_, at)| at.elapsed() < ADDRESS_TTL);
+            if peers.len() >= UDP_PEERS_MAX {
+                peers.clear();
+            }
+        }
+        peers.insert(peer, (origin.clone(), Instant::now()));
+        origin
     }
 
     /// The sender behind a unix socket peer's PID.

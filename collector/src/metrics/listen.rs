@@ -312,7 +312,10 @@ pub async fn run_udp(ingest: Arc<Ingest>, address: SocketAddr, stop: Cancellatio
                 }
             },
         };
-        let origin = ingest.attributor.by_address(peer.ip()).await;
+        let mut origin = ingest.attributor.by_address(peer.ip()).await;
+        if origin.is_unattributed() {
+            origin = ingest.attributor.by_udp_peer(peer).await;
+        }
         let chunk = ingest.datagram(&buf[..n], &origin);
         if let Some(c) = ingest.admit(chunk, Transport::Udp) {
             ingest.outputs.try_send(c);

@@ -1,5 +1,5 @@
-//! TCP peers in the collector's own network namespace: containers in host network mode (ECS
-//! `host` mode) and host processes, whose address names no container.
+//! TCP and UDP peers in the collector's own network namespace: containers in host network
+//! mode (ECS `host` mode) and host processes, whose address names no container.
 //!
 //! Both ends of a loopback or host-address connection are sockets of this namespace, so the
 //! sender's end is in `/proc/net/tcp` (`tcp6`) with the peer's address as its local address
@@ -8,7 +8,8 @@
 //! that PID, `/proc/<pid>/cgroup` names the container as for the unix socket.
 //!
 //! The search reads every process's fd table: milliseconds on a busy host. It runs once per
-//! connection, only for peers no container address matched, off the async threads.
+//! TCP connection, and for UDP once per sender address and port (cached, and bounded per
+//! second), only for peers no container address matched, off the async threads.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
@@ -21,6 +22,34 @@ pub fn tcp_peer_pid(procfs_root: &Path, peer: SocketAddr, local: SocketAddr) -> 
         socket_inode(&text, peer, local)
     })?;
     pid_holding(procfs_root, inode)
+}
+
+/// The PID holding the UDP socket a datagram from `peer` was sent from, in the network
+/// namespace of `procfs_root/net`. An unconnected socket bound to the wildcard address shows
+/// `0.0.0.0:<port>` (or `[::]:<port>`) as its local end: that matches any address with its
+/// port. The socket must still be open: a sender that sent and exited is not found.
+pub fn udp_peer_pid(procfs_root: &Path, peer: SocketAddr) -> Option<i32> {
+    let inode = ["net/udp", "net/udp6"].iter().find_map(|table| {
+        let text = std::fs::read_to_string(procfs_root.join(table)).ok()?;
+        udp_socket_inode(&text, peer)
+    })?;
+    pid_holding(procfs_root, inode)
+}
+
+/// The inode of the UDP socket whose local end is `peer` (or the wildcard with its port).
+pub fn udp_socket_inode(table: &str, peer: SocketAddr) -> Option<u64> {
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 10 {
+            return None;
+        }
+        let l = parse_endpoint(f[1])?;
+        let matches = l.port() == peer.port() && (l.ip().is_unspecified() || same(l, peer));
+        matches
+            .then(|| f[9].parse().ok())
+            .flatten()
+            .filter(|i| *i != 0)
+    })
 }
 
 /// The inode of the socket with `local` and `remote` ends in a `/proc/net/tcp{,6}` table.
@@ -108,6 +137,24 @@ mod tests {
             parse_endpoint("00000000000000000000000001000000:0050"),
             Some("[::1]:80".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn a_udp_sender_is_found_by_its_port_on_its_address_or_the_wildcard() {
+        let udp = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+  100: 00000000:B0C1 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 5551 2 0 0
+  101: 0100007F:B0C2 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 5552 2 0 0
+";
+        let at = |p: &str| udp_socket_inode(udp, p.parse().unwrap());
+        assert_eq!(at("127.0.0.1:45249"), Some(5551), "wildcard bind");
+        assert_eq!(
+            at("10.0.0.5:45249"),
+            Some(5551),
+            "wildcard bind, another address"
+        );
+        assert_eq!(at("127.0.0.1:45250"), Some(5552));
+        assert_eq!(at("10.0.0.5:45250"), None, "bound to another address");
+        assert_eq!(at("127.0.0.1:1"), None);
     }
 
     #[test]

@@ -252,7 +252,10 @@ pub async fn run(
                         continue;
                     }
                 };
-                let origin = ingest.attributor.by_address(peer.ip()).await;
+                let mut origin = ingest.attributor.by_address(peer.ip()).await;
+                if origin.is_unattributed() {
+                    origin = ingest.attributor.by_udp_peer(peer).await;
+                }
                 let lines: Vec<&[u8]> = buf[..n].split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
                 let granted = ingest.rate.take(&origin.owner, lines.len(), std::time::Instant::now());
                 events::add(&COUNTERS.rate_limited, (lines.len() - granted) as u64);

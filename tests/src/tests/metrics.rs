@@ -606,7 +606,7 @@ fn a_host_network_container_is_attributed_through_its_socket() -> Result<()> {
     let port = free_port()?;
     let mut collector = CollectorProcess::builder()
         .env("COLLECTOR_METRICS__TCP", format!("127.0.0.1:{port}"))
-        .env("COLLECTOR_METRICS__UDP", "")
+        .env("COLLECTOR_METRICS__UDP", format!("127.0.0.1:{port}"))
         .env("COLLECTOR_METRICS__STATSD", "")
         .start()?;
     let api = collector.data_dir().join("control.sock");
@@ -622,18 +622,27 @@ fn a_host_network_container_is_attributed_through_its_socket() -> Result<()> {
         .bind(&sender, "/graphite-send")
         .options(["--network", "host"])
         .shell(format!(
-            "printf 'host.mode 5\\n' | /graphite-send tcp 127.0.0.1:{port} && exec sleep 600"
+            "printf 'host.mode 5\\n' | /graphite-send tcp 127.0.0.1:{port} && \
+             printf 'host.udp 7\\n' | /graphite-send udp 127.0.0.1:{port} 2000 && exec sleep 600"
         ))
         .start()?;
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.write_all(b"host.process 6\n")?;
     drop(s);
+    // The test process is on the host too, and keeps its UDP socket open.
+    let udp = UdpSocket::bind("127.0.0.1:0")?;
+    udp.send_to(b"host.process.udp 8\n", ("127.0.0.1", port))?;
     // It sends as it starts, before the inventory may know it: Docker's labels complete its
     // identity.
     let answer = collector.wait_until(TIMEOUT, "host.mode on its task", || {
         Ok(
             match get_json(&api, &format!("/v1/metrics/tasks/{}", task.task_id))? {
-                Some(a) if latest(&a) == [("host.mode".to_owned(), 5.0)] => Check::Done(a),
+                Some(a)
+                    if latest(&a)
+                        == [("host.mode".to_owned(), 5.0), ("host.udp".to_owned(), 7.0)] =>
+                {
+                    Check::Done(a)
+                }
                 other => Check::Waiting(format!("{:?}", other.as_ref().map(latest))),
             },
         )
@@ -644,7 +653,15 @@ fn a_host_network_container_is_attributed_through_its_socket() -> Result<()> {
     );
     collector.wait_until(TIMEOUT, "host.process unattributed", || {
         Ok(match get_json(&api, "/v1/metrics/unattributed")? {
-            Some(a) if latest(&a) == [("host.process".to_owned(), 6.0)] => Check::Done(()),
+            Some(a)
+                if latest(&a)
+                    == [
+                        ("host.process".to_owned(), 6.0),
+                        ("host.process.udp".to_owned(), 8.0),
+                    ] =>
+            {
+                Check::Done(())
+            }
             other => Check::Waiting(format!("{:?}", other.as_ref().map(latest))),
         })
     })?;
