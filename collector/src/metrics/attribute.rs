@@ -9,10 +9,10 @@
 //! - TCP and UDP: the peer address is matched against the addresses Docker gave running
 //!   containers on its networks (`NetworkSettings.Networks`). The map is refreshed when an
 //!   address is unknown (at most once per [`REFRESH_MIN_INTERVAL`]) and when the container a
-//!   cached address names is no longer running, since Docker reuses addresses. A TCP peer
-//!   whose address is no container's may be in the collector's own network namespace
-//!   (host network mode): the process holding its socket is found (`netns.rs`) and
-//!   attributed by its cgroup, as above.
+//!   cached address names is no longer running, since Docker reuses addresses. A peer whose
+//!   address is no container's may be in the collector's own network namespace (host
+//!   network mode): the process holding its TCP socket, or the UDP socket it sends from, is
+//!   found (`netns.rs`) and attributed by its cgroup, as above.
 //!
 //! The identity (task ARN, family, container name) comes from the inventory's view; for a
 //! container the inventory has not identified yet, from its cgroup path or Docker labels.
