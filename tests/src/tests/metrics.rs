@@ -473,7 +473,22 @@ fn same_path_from_two_tasks_lands_on_each_task_over_every_transport() -> Result<
         counter(&api, "collector_metrics_forward_dropped_samples_total")? == 0,
         "the forwarder dropped samples"
     );
+    // The tasks end (their containers are removed): their metrics stay for the retention.
     drop(containers);
+    collector.wait_until(TIMEOUT, "the containers seen removed", || {
+        let a = get_json(&api, &format!("/v1/tasks/{}", tasks[0].task_id))?.unwrap_or_default();
+        Ok(if a.to_string().contains("\"state\":\"removed\"") {
+            Check::Done(())
+        } else {
+            Check::Waiting(a.to_string())
+        })
+    })?;
+    let after = get_json(&api, &format!("/v1/metrics/tasks/{}", tasks[1].task_id))?
+        .context("task b's metrics gone after the task ended")?;
+    ensure!(
+        latest(&after).contains(&("app.requests".to_owned(), 2.0)),
+        "task b's metrics after it ended: {after}"
+    );
     Ok(())
 }
 
