@@ -173,6 +173,16 @@ impl App {
             config.ecs.cache_ttl,
         )?);
 
+        // Metrics ingest (Graphite, StatsD): its own tasks, stopped with discovery.
+        let metrics_stop = CancellationToken::new();
+        let mut metrics_tasks = crate::metrics::spawn(
+            &config,
+            view.clone(),
+            store.clone(),
+            docker.clone(),
+            metrics_stop.clone(),
+        );
+
         let mut discovery = tokio::task::JoinSet::new();
         if config.discovery.docker_root_inotify {
             let watcher = DockerRootWatcher::new(config.host.docker_root.clone());
@@ -246,6 +256,8 @@ impl App {
         info!("Shutting down: stopping discovery, then tailers, then draining sinks.");
         discovery_stop.cancel();
         while discovery.join_next().await.is_some() {}
+        metrics_stop.cancel();
+        while metrics_tasks.join_next().await.is_some() {}
         tail_stop.cancel();
         inventory_stop.cancel();
         if inventory_task.await.is_err() {

@@ -12,6 +12,8 @@
 //! - [`inventory`]: the one owner of "what runs here"; starts and stops tailers.
 //! - [`tail`]: reads log files across rotation and truncation, frames and decodes lines into
 //!   [`tail::LogRecord`]s, in batches that carry the offsets they cover.
+//! - [`metrics`]: Graphite (TCP, UDP, unix socket) and StatsD ingest, each sample attributed
+//!   to the task that sent it by the connection; stored per task and forwarded to carbon.
 //! - [`death`]: how each run of a container ended (eBPF or Docker), and the final record the
 //!   sinks get about it.
 //! - [`ship`]: sinks behind one trait (local directory, discard); acks move checkpoints.
@@ -34,6 +36,7 @@ pub mod identify;
 pub mod inspect;
 pub mod internal_events;
 pub mod inventory;
+pub mod metrics;
 pub mod ship;
 pub mod state;
 pub mod tail;

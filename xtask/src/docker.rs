@@ -62,6 +62,11 @@ pub(crate) fn ensure_packages() -> Result<()> {
         Some(path) => println!("xtask: clang: {}", path.display()),
         None => missing.push("clang"),
     }
+    // The upstream Graphite relay of the metrics tests.
+    match find_program("carbon-c-relay") {
+        Some(path) => println!("xtask: carbon-c-relay: {}", path.display()),
+        None => missing.push("carbon-c-relay"),
+    }
     if missing.is_empty() {
         return Ok(());
     }

@@ -1,8 +1,9 @@
 //! `cargo xtask test`: the one command that prepares a fresh Debian 12 root machine and runs
 //! every test.
 //!
-//! Steps, each skipped when already done: install `docker.io`, `busybox-static` and `clang`
-//! (the collector's eBPF programs are compiled with it); start the Docker daemon; build the
+//! Steps, each skipped when already done: install `docker.io`, `busybox-static`, `clang`
+//! (the collector's eBPF programs are compiled with it) and `carbon-c-relay` (the metrics
+//! tests' upstream); start the Docker daemon; build the
 //! test image; remove containers earlier runs left; build the collector; then
 //! `cargo test --workspace --all-targets --no-fail-fast`, whose exit status is ours.
 

@@ -32,6 +32,7 @@ const ENV_SECTIONS: &[&str] = &[
     "tail",
     "sinks",
     "control",
+    "metrics",
 ];
 
 /// Errors while loading or validating the configuration.
@@ -102,6 +103,9 @@ pub struct Config {
     pub sinks: SinksConfig,
     /// The control API (`collector inspect`, `collector tail`, `/metrics`).
     pub control: ControlConfig,
+    /// Metrics ingest: Graphite and StatsD listeners, per-task store, carbon forwarding
+    /// (`crate::metrics::MetricsConfig` documents every key).
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 impl Default for Config {
@@ -114,6 +118,7 @@ impl Default for Config {
             tail: TailConfig::default(),
             sinks: SinksConfig::default(),
             control: ControlConfig::default(),
+            metrics: crate::metrics::MetricsConfig::default(),
         }
     }
 }
@@ -434,6 +439,9 @@ impl Config {
             .is_some_and(|p| p.as_os_str().is_empty())
         {
             return bad("control.socket", "must not be empty");
+        }
+        if let Err((key, message)) = self.metrics.check() {
+            return bad(key, message);
         }
         Ok(())
     }

@@ -228,6 +228,7 @@ pub fn render_metrics(view: &InventoryView, sinks: &[Arc<SinkStats>], uptime: Du
         &[("version", env!("CARGO_PKG_VERSION"))],
         1,
     );
+    crate::metrics::events::render(&mut e.out);
     e.out
 }
 

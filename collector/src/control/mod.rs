@@ -19,10 +19,14 @@
 //! | `GET /v1/inspect?q=THING[&kind=KIND]` | [`Inspection`](crate::inspect::Inspection): the whole chain for a PID, container id, short id or name, cgroup id or path, task ARN or task id. `KIND` is one of `pid`, `cgroup-id`, `cgroup-path`, `container`, `task`. |
 //! | `GET /v1/containers/{id, short id or name}` | The same as `inspect` with `kind=container`. |
 //! | `GET /v1/tasks/{ARN or task id}` | The same as `inspect` with `kind=task`. |
+//! | `GET /v1/metrics/tasks/{ARN or task id}[?history=1]` | [`OwnerMetrics`](crate::metrics::api::OwnerMetrics): the task's Graphite/StatsD metrics: latest value per path (and, with `history`, the kept history, newest first), who sent it, and what the task lost (`rejected`, `rate_limited`, `path_limited`). Kept after the task ends for `metrics.retention`. |
+//! | `GET /v1/metrics/containers/{container id}[?history=1]` | The same for a container outside any task. |
+//! | `GET /v1/metrics/unattributed[?history=1]` | The same for senders no container was found for. |
 //! | `GET /v1/sinks` | `[{"sink", "location", "records", "bytes", "batches", "errors", "last_error", "last_error_at"}]`. |
 //! | `GET /v1/tail?q=THING[&kind=KIND]` | A stream of JSON lines (`application/x-ndjson`): first `{"following": {...}}` naming the task and containers, then one `{"container_id", "name", "file", "stream", "time", "message"}` per delivered line (`stream`: `stdout`, `stderr`, `lifecycle` for the collector's record of how a run ended, or `null` for a declared file), `{"dropped": n}` when this reader fell behind and missed `n` batches, and `{"end": reason}` before the stream closes (every container of it exited and its files were read to the end, or the daemon stops). |
 //!
-//! Metric labels are low-cardinality only (`sink`, `event`, `source`, `state`); container ids
+//! Metric labels are low-cardinality only (`sink`, `event`, `source`, `state`, and for metrics
+//! ingest `transport` and `reason`); container ids
 //! and task ARNs are in the JSON endpoints, never in `/metrics`.
 //!
 //! # Layout

@@ -334,6 +334,10 @@ async fn route(
                 Vec::new(),
             ),
         },
+        p if p.starts_with("/v1/metrics/") => {
+            let history = param("history").is_some_and(|v| v != "0" && v != "false");
+            metrics_answer(state, p, history).await
+        }
         p => {
             let by = |prefix: &str, k: KindFilter| {
                 p.strip_prefix(prefix)
@@ -357,6 +361,57 @@ async fn route(
         }
     };
     Ok(response)
+}
+
+/// `GET /v1/metrics/...`: one owner's metrics ([`crate::metrics::api`]).
+async fn metrics_answer(
+    state: Arc<ControlState>,
+    path: &str,
+    history: bool,
+) -> Response<ResponseBody> {
+    let Some(owner) = crate::metrics::api::owner_of_path(path) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "no endpoint {path}: /v1/metrics/tasks/{{task id or ARN}}, /v1/metrics/containers/{{container id}} or /v1/metrics/unattributed"
+            ),
+            None,
+            Vec::new(),
+        );
+    };
+    let Some(store) = state.store.clone() else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the state database cannot be read".into(),
+            None,
+            Vec::new(),
+        );
+    };
+    let o = owner.clone();
+    match tokio::task::spawn_blocking(move || {
+        crate::metrics::api::owner_metrics(&store, &o, history)
+    })
+    .await
+    {
+        Ok(Ok(Some(m))) => json_response(StatusCode::OK, &m),
+        Ok(Ok(None)) => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no metrics received from {owner}"),
+            Some(&owner),
+            Vec::new(),
+        ),
+        Ok(Err(e)) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            internal_events::chain(&e),
+            None,
+            Vec::new(),
+        ),
+        Err(_) => internal(),
+    }
 }
 
 /// Runs an `inspect` question off the async threads (it reads files and SQLite).

@@ -29,7 +29,7 @@
 //! # }
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -236,6 +236,46 @@ impl DockerApi {
                     tracing::warn!(id = %raw, "Docker listed a container with an invalid id; skipped.");
                 }
                 id
+            })
+            .collect())
+    }
+
+    /// The addresses of every running container on Docker networks
+    /// (`GET /containers/json`, `NetworkSettings.Networks.*.IPAddress` and
+    /// `GlobalIPv6Address`), with its labels: metrics ingest attributes a TCP or UDP peer to
+    /// the container that holds its address. Containers sharing another's network namespace
+    /// (`--network container:`, host mode) have no address of their own here.
+    ///
+    /// # Errors
+    /// Connection, timeout and API errors.
+    pub async fn network_addresses(
+        &self,
+    ) -> Result<Vec<(ContainerId, Vec<std::net::IpAddr>, BTreeMap<String, String>)>, DockerApiError>
+    {
+        let docker = self.client().await?;
+        let options = ListContainersOptionsBuilder::new().all(false).build();
+        let summaries = self
+            .bounded("list", docker.list_containers(Some(options)))
+            .await?
+            .map_err(|source| {
+                self.note_failure(&source);
+                DockerApiError::ListContainers { source }
+            })?;
+        Ok(summaries
+            .into_iter()
+            .filter_map(|s| {
+                let id = ContainerId::parse(s.id.as_deref().unwrap_or_default())?;
+                let ips = s
+                    .network_settings
+                    .and_then(|n| n.networks)
+                    .unwrap_or_default()
+                    .into_values()
+                    .flat_map(|e| [e.ip_address, e.global_ipv6_address])
+                    .flatten()
+                    .filter_map(|ip| ip.parse().ok())
+                    .collect();
+                let labels = s.labels.unwrap_or_default().into_iter().collect();
+                Some((id, ips, labels))
             })
             .collect())
     }

@@ -414,6 +414,16 @@ pub struct MetricsView {
     pub received: bool,
     /// Why not, or what.
     pub note: String,
+    /// Metric paths whose latest value this container sent.
+    #[serde(default)]
+    pub paths: u64,
+    /// The latest values, `path = value @ timestamp` (the first few, by path).
+    #[serde(default)]
+    pub latest: Vec<String>,
+    /// What its task (or the container, outside a task) lost: lines rejected, samples over
+    /// the rate bound, samples of paths over the path bound.
+    #[serde(default)]
+    pub lost: Option<String>,
 }
 
 /// The answer to `collector inspect` without an argument: one line per task and container.

@@ -844,11 +844,72 @@ fn container_view(world: &World, id: &ContainerId) -> Result<ContainerView, Insp
         known_from,
         sources,
         destinations,
-        metrics: MetricsView {
-            received: false,
-            note: "none: this collector does not collect metrics yet (only logs)".to_owned(),
-        },
+        metrics: metrics_view(world, id, ecs.as_ref().and_then(|e| e.task_id.as_ref())),
     })
+}
+
+/// Latest values shown per container.
+const METRICS_SHOWN: usize = 10;
+
+/// What the container sent over Graphite or StatsD, from the state database.
+fn metrics_view(
+    world: &World,
+    id: &ContainerId,
+    task_id: Option<&crate::identify::TaskId>,
+) -> MetricsView {
+    let none = |note: &str| MetricsView {
+        received: false,
+        note: note.to_owned(),
+        paths: 0,
+        latest: Vec::new(),
+        lost: None,
+    };
+    let Some(store) = &world.store else {
+        return none("unknown: no state database");
+    };
+    let paths = match store.metric_paths(None, Some(id.as_str()), false) {
+        Ok(p) => p,
+        Err(e) => return none(&format!("unknown: {}", crate::internal_events::chain(&e))),
+    };
+    let owner = match task_id {
+        Some(t) => t.as_str().to_owned(),
+        None => format!("container:{id}"),
+    };
+    let lost =
+        store.metric_owner(&owner).ok().flatten().and_then(|o| {
+            (o.rejected + o.rate_limited + o.path_limited > 0).then(|| {
+            format!(
+                "{} lines rejected, {} samples over the rate bound, {} over the path bound ({})",
+                o.rejected,
+                o.rate_limited,
+                o.path_limited,
+                if task_id.is_some() { "whole task" } else { "this container" }
+            )
+        })
+        });
+    if paths.is_empty() {
+        let mut v =
+            none("none received (Graphite on metrics.tcp/udp/unix, StatsD on metrics.statsd)");
+        v.lost = lost;
+        return v;
+    }
+    let last = paths.iter().map(|p| p.received_ms).max().unwrap_or(0);
+    let samples: i64 = paths.iter().map(|p| p.samples).sum();
+    MetricsView {
+        received: true,
+        note: format!(
+            "{} paths, {samples} samples, last at {}; GET /v1/metrics/tasks/{owner}",
+            paths.len(),
+            ms_to_rfc3339(last)
+        ),
+        paths: paths.len() as u64,
+        latest: paths
+            .iter()
+            .take(METRICS_SHOWN)
+            .map(|p| format!("{} = {} @ {}", p.path, p.value, p.timestamp))
+            .collect(),
+        lost,
+    }
 }
 
 fn describe_group(g: &Group) -> String {

@@ -300,6 +300,12 @@ fn container_sections(
     out.push('\n');
     let mut m = Section::new(s.bold("Metrics"));
     m.row("received", c.metrics.note.clone());
+    for l in &c.metrics.latest {
+        m.row("latest", l.clone());
+    }
+    if let Some(lost) = &c.metrics.lost {
+        m.row("lost", lost.clone());
+    }
     m.write(out);
 }
 

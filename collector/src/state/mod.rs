@@ -11,6 +11,7 @@
 
 mod checkpoint;
 mod history;
+mod metrics;
 mod query;
 
 use std::path::{Path, PathBuf};
@@ -20,10 +21,11 @@ use rusqlite::Connection;
 
 pub use checkpoint::{Checkpoint, CheckpointUpdate, SourceCounters};
 pub use history::{ContainerRecord, Death, DeathSource, Lifecycle};
+pub use metrics::{MetricLimits, MetricOwnerRecord, MetricPathRecord, MetricWrite};
 pub use query::{ContainerMatch, SourceRecord};
 
 /// The schema version this build writes. Migrations below upgrade older files.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Errors from the state database.
 #[derive(Debug, thiserror::Error)]
@@ -210,6 +212,9 @@ fn migrate(conn: &Connection, version: i64) -> Result<(), rusqlite::Error> {
     }
     if version < 4 {
         conn.execute_batch(MIGRATION_4)?;
+    }
+    if version < 5 {
+        conn.execute_batch(metrics::MIGRATION_5)?;
     }
     Ok(())
 }

@@ -783,7 +783,8 @@ fn check_overview_and_text(
         format!("  cgroup       {}  (id {})", web.cgroup_path, web.cgroup_id),
         "Log sources".into(),
         "Destinations".into(),
-        "  received  none: this collector does not collect metrics yet (only logs)".into(),
+        "  received  none received (Graphite on metrics.tcp/udp/unix, StatsD on metrics.statsd)"
+            .into(),
     ] {
         ensure!(
             text.stdout.contains(&want),
@@ -1231,7 +1232,16 @@ fn metrics_parse_and_count_the_lines_written() -> Result<()> {
     for s in &samples {
         for label in s.labels.keys() {
             ensure!(
-                ["sink", "event", "source", "state", "version"].contains(&label.as_str()),
+                [
+                    "sink",
+                    "event",
+                    "source",
+                    "state",
+                    "version",
+                    "transport",
+                    "reason"
+                ]
+                .contains(&label.as_str()),
                 "high-cardinality label {label} in {s:?}"
             );
         }

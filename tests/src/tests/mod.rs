@@ -15,6 +15,7 @@ mod ecs_identity;
 mod inspect;
 mod kill_restart;
 mod long_line;
+mod metrics;
 mod no_config;
 mod rotation;
 mod short_lived;

@@ -12,10 +12,12 @@
 //! - [`others`]: the ceiling commands and the Fluent Bit / Vector runs with equivalent
 //!   configurations.
 //! - [`discovery`]: container start to first line delivered, with the real Docker engine.
+//! - [`graphite`]: Graphite TCP ingest, samples per second per core, beside carbon-c-relay.
 //! - [`report`]: the table.
 
 mod discovery;
 mod generate;
+mod graphite;
 mod measure;
 mod others;
 mod report;
@@ -47,8 +49,15 @@ pub(crate) struct Options {
     /// Containers started in the `discovery` scenario.
     #[arg(long, value_name = "N")]
     pub(crate) discovery_runs: Option<usize>,
-    /// Scenarios to run, comma-separated: `big`, `many`, `idle`, `discovery`.
-    #[arg(long, value_delimiter = ',', default_value = "big,many,idle,discovery")]
+    /// Graphite samples sent in the `graphite` scenario.
+    #[arg(long, value_name = "N")]
+    pub(crate) graphite_samples: Option<u64>,
+    /// Scenarios to run, comma-separated: `big`, `many`, `idle`, `discovery`, `graphite`.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "big,many,idle,discovery,graphite"
+    )]
     pub(crate) scenarios: Vec<Scenario>,
     /// The collector binary to measure; by default `cargo build --release -p collector` and
     /// its output.
@@ -71,6 +80,8 @@ pub(crate) enum Scenario {
     Idle,
     /// Container start to first line delivered, with the real Docker engine.
     Discovery,
+    /// Graphite TCP ingest (samples/s per core) beside carbon-c-relay.
+    Graphite,
 }
 
 /// The sizes of one benchmark run, from the options.
@@ -88,6 +99,8 @@ pub(crate) struct Plan {
     pub(crate) idle_seconds: u64,
     /// Containers started in the `discovery` scenario.
     pub(crate) discovery_runs: usize,
+    /// Samples sent in the `graphite` scenario.
+    pub(crate) graphite_samples: u64,
     /// The scenarios to run.
     pub(crate) scenarios: Vec<Scenario>,
     /// Inputs and run directories.
@@ -107,6 +120,11 @@ impl Plan {
             idle_containers: 100,
             idle_seconds: options.idle_seconds.unwrap_or(if quick { 3 } else { 30 }),
             discovery_runs: options.discovery_runs.unwrap_or(if quick { 5 } else { 50 }),
+            graphite_samples: options.graphite_samples.unwrap_or(if quick {
+                100_000
+            } else {
+                2_000_000
+            }),
             scenarios: options.scenarios.clone(),
             work_dir: options
                 .work_dir
@@ -156,6 +174,7 @@ pub(crate) fn run_plan(plan: &Plan) -> Result<report::Report> {
             Scenario::Many => scenarios::many(plan, &mut report)?,
             Scenario::Idle => scenarios::idle(plan, &mut report)?,
             Scenario::Discovery => discovery::run(plan, &mut report)?,
+            Scenario::Graphite => graphite::run(plan, &mut report)?,
         }
     }
     Ok(report)
@@ -179,6 +198,7 @@ mod tests {
             idle_containers: 5,
             idle_seconds: 1,
             discovery_runs: 0,
+            graphite_samples: 0,
             scenarios: vec![Scenario::Big, Scenario::Many, Scenario::Idle],
             work_dir: work.path().to_owned(),
             collector,

@@ -1,0 +1,498 @@
+//! The Graphite listeners: TCP, UDP and a unix stream socket. Each connection (or datagram)
+//! is attributed once, framed into lines, parsed, rate-limited and sent on as one [`Chunk`]
+//! per read.
+//!
+//! A listener that cannot bind (a busy port) logs, counts and retries every
+//! [`BIND_RETRY`]: the collector's logs never stop for a metrics port.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, UdpSocket, UnixListener};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::attribute::Attributor;
+use super::events::{self, COUNTERS};
+use super::framing::LineFramer;
+use super::limit::{ConnectionLimiter, ConnectionSlot, RateLimiter};
+use super::parse::{ParseSettings, Rejection, parse_line};
+use super::{Chunk, MetricsConfig, MetricsError, Origin, Outputs, Sample};
+
+/// How long a listener waits before binding again after a failure.
+pub const BIND_RETRY: Duration = Duration::from_secs(5);
+
+/// Bytes read per `read` on a stream.
+const READ_BYTES: usize = 64 * 1024;
+
+/// Index of each transport in [`events::TRANSPORTS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// Graphite over TCP.
+    Tcp = 0,
+    /// Graphite over UDP.
+    Udp = 1,
+    /// Graphite over the unix socket.
+    Unix = 2,
+    /// StatsD (aggregated).
+    Statsd = 3,
+}
+
+/// What every listener shares.
+#[derive(Debug)]
+pub struct Ingest {
+    /// The accepted timestamp window.
+    parse: ParseSettings,
+    /// Longest line; bounds the memory one connection holds.
+    max_line_bytes: usize,
+    /// Who sent it.
+    pub attributor: Arc<Attributor>,
+    /// Samples per second per owner.
+    pub rate: RateLimiter,
+    /// Connections per peer: one container or address cannot take every slot.
+    connections: ConnectionLimiter,
+    /// Connections in all (TCP and unix): many peers together cannot exhaust our fds.
+    total: Arc<tokio::sync::Semaphore>,
+    /// A silent connection is closed after this, freeing its slots.
+    idle_timeout: Duration,
+    /// Where chunks go.
+    pub outputs: Outputs,
+}
+
+impl Ingest {
+    /// The shared state of the listeners of `config`.
+    pub fn new(config: &MetricsConfig, attributor: Arc<Attributor>, outputs: Outputs) -> Self {
+        let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+        Self {
+            parse: ParseSettings {
+                max_age_secs: secs(config.max_sample_age),
+                max_future_secs: secs(config.max_sample_future),
+            },
+            max_line_bytes: config.max_line_bytes,
+            attributor,
+            rate: RateLimiter::new(config.max_samples_per_second),
+            connections: ConnectionLimiter::new(config.max_connections_per_peer),
+            total: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
+            idle_timeout: config.idle_timeout,
+            outputs,
+        }
+    }
+
+    /// A connection slot for peer `key`, or `None` (counted) over either bound.
+    fn admit_connection(&self, key: String) -> Option<(ConnectionSlot, OwnedSemaphorePermit)> {
+        let slot = self
+            .total
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .and_then(|permit| Some((self.connections.acquire(key)?, permit)));
+        if slot.is_none() {
+            events::add(&COUNTERS.connections_refused, 1);
+        }
+        slot
+    }
+
+    /// A chunk builder for `origin`.
+    fn chunk(&self, origin: &Arc<Origin>) -> Chunk {
+        Chunk {
+            origin: origin.clone(),
+            samples: Vec::new(),
+            rejected: 0,
+            rate_limited: 0,
+        }
+    }
+
+    /// Parses one line into `chunk`, counting a rejection.
+    fn line(&self, chunk: &mut Chunk, line: Result<&[u8], Rejection>, now: i64) {
+        match line.and_then(|l| parse_line(l, now, &self.parse)) {
+            Ok(p) => chunk.samples.push(Sample {
+                path: p.path.to_owned(),
+                value: p.value,
+                timestamp: p.timestamp,
+            }),
+            Err(r) => self.reject(chunk, r),
+        }
+    }
+
+    fn reject(&self, chunk: &mut Chunk, r: Rejection) {
+        chunk.rejected += 1;
+        events::add(&COUNTERS.rejected[r.index()], 1);
+    }
+
+    /// Applies the owner's rate bound and counts what is accepted; returns the chunk when it
+    /// carries anything worth sending.
+    pub fn admit(&self, mut chunk: Chunk, transport: Transport) -> Option<Chunk> {
+        if !chunk.samples.is_empty() {
+            let granted = self
+                .rate
+                .take(&chunk.origin.owner, chunk.samples.len(), Instant::now());
+            let over = chunk.samples.len() - granted;
+            if over > 0 {
+                chunk.samples.truncate(granted);
+                chunk.rate_limited += over as u64;
+                events::add(&COUNTERS.rate_limited, over as u64);
+            }
+        }
+        let n = chunk.samples.len() as u64;
+        events::add(&COUNTERS.accepted[transport as usize], n);
+        if chunk.origin.is_unattributed() {
+            events::add(&COUNTERS.unattributed, n);
+        }
+        (n > 0 || chunk.rejected > 0 || chunk.rate_limited > 0).then_some(chunk)
+    }
+
+    /// Reads a stream to its end (or `stop`), sending one chunk per read.
+    async fn serve_stream<S>(
+        &self,
+        mut stream: S,
+        origin: Arc<Origin>,
+        transport: Transport,
+        stop: CancellationToken,
+    ) where
+        S: tokio::io::AsyncRead + Unpin,
+    {
+        let mut framer = LineFramer::new(self.max_line_bytes);
+        let mut buf = vec![0u8; READ_BYTES];
+        loop {
+            let n = tokio::select! {
+                _ = stop.cancelled() => break,
+                r = tokio::time::timeout(self.idle_timeout, stream.read(&mut buf)) => match r {
+                    Ok(Ok(n)) => n,
+                    Ok(Err(e)) => {
+                        debug!(error = %e, "Metrics connection read failed.");
+                        0
+                    }
+                    Err(_) => {
+                        debug!("Metrics connection idle; closed.");
+                        0
+                    }
+                },
+            };
+            let now = unix_now();
+            let mut chunk = self.chunk(&origin);
+            if n == 0 {
+                if let Some(r) = framer.finish() {
+                    self.reject(&mut chunk, r);
+                }
+            } else {
+                framer.feed(&buf[..n], |line| self.line(&mut chunk, line, now));
+            }
+            if let Some(c) = self.admit(chunk, transport) {
+                self.outputs.send(c).await;
+            }
+            if n == 0 {
+                break;
+            }
+        }
+    }
+
+    /// Parses one datagram: lines split on newlines, the last one complete without its
+    /// newline (the datagram's end is the line's end).
+    pub fn datagram(&self, data: &[u8], origin: &Arc<Origin>) -> Chunk {
+        let now = unix_now();
+        let mut chunk = self.chunk(origin);
+        let data = data.strip_suffix(b"\n").unwrap_or(data);
+        for line in data.split(|b| *b == b'\n') {
+            let line = if line.len() > self.max_line_bytes {
+                Err(Rejection::LineTooLong)
+            } else {
+                Ok(line)
+            };
+            self.line(&mut chunk, line, now);
+        }
+        chunk
+    }
+}
+
+/// Seconds since the epoch.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn bind_failed(e: &MetricsError) {
+    events::add(&COUNTERS.listener_errors, 1);
+    warn!(error = %crate::internal_events::chain(e), retry_in = ?BIND_RETRY, "Metrics listener cannot bind; retrying.");
+}
+
+/// Waits [`BIND_RETRY`]; false when stopped meanwhile.
+async fn wait_retry(stop: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        _ = tokio::time::sleep(BIND_RETRY) => true,
+    }
+}
+
+/// Serves Graphite over TCP on `address` until `stop`.
+pub async fn run_tcp(ingest: Arc<Ingest>, address: SocketAddr, stop: CancellationToken) {
+    let listener = loop {
+        match TcpListener::bind(address).await {
+            Ok(l) => break l,
+            Err(source) => bind_failed(&MetricsError::Bind {
+                transport: "tcp",
+                address,
+                source,
+            }),
+        }
+        if !wait_retry(&stop).await {
+            return;
+        }
+    };
+    info!(%address, "Graphite TCP listener up.");
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            a = listener.accept() => a,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: wait rather than spin.
+                events::add(&COUNTERS.listener_errors, 1);
+                warn!(error = %e, "Graphite TCP accept failed; retrying.");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Some(slot) = ingest.admit_connection(format!("ip:{}", peer.ip())) else {
+            continue;
+        };
+        let (ingest, stop) = (ingest.clone(), stop.clone());
+        connections.spawn(async move {
+            let _slot = slot;
+            let mut origin = ingest.attributor.by_address(peer.ip()).await;
+            if origin.is_unattributed()
+                && let Ok(local) = stream.local_addr()
+            {
+                origin = ingest.attributor.by_tcp_peer(peer, local).await;
+            }
+            ingest
+                .serve_stream(stream, origin, Transport::Tcp, stop)
+                .await;
+        });
+    }
+    connections.shutdown().await;
+}
+
+/// Serves Graphite over UDP on `address` until `stop`.
+pub async fn run_udp(ingest: Arc<Ingest>, address: SocketAddr, stop: CancellationToken) {
+    let socket = loop {
+        match UdpSocket::bind(address).await {
+            Ok(s) => break s,
+            Err(source) => bind_failed(&MetricsError::Bind {
+                transport: "udp",
+                address,
+                source,
+            }),
+        }
+        if !wait_retry(&stop).await {
+            return;
+        }
+    };
+    info!(%address, "Graphite UDP listener up.");
+    // The largest UDP payload: a datagram is never cut short.
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let (n, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(r) => r,
+                Err(e) => {
+                    debug!(error = %e, "Graphite UDP receive failed.");
+                    continue;
+                }
+            },
+        };
+        let mut origin = ingest.attributor.by_address(peer.ip()).await;
+        if origin.is_unattributed() {
+            origin = ingest.attributor.by_udp_peer(peer).await;
+        }
+        let chunk = ingest.datagram(&buf[..n], &origin);
+        if let Some(c) = ingest.admit(chunk, Transport::Udp) {
+            ingest.outputs.try_send(c);
+        }
+    }
+}
+
+/// Serves Graphite on the unix socket `path` until `stop`, then removes it.
+pub async fn run_unix(ingest: Arc<Ingest>, path: PathBuf, stop: CancellationToken) {
+    let listener = loop {
+        match bind_unix(&path) {
+            Ok(l) => break l,
+            Err(e) => bind_failed(&e),
+        }
+        if !wait_retry(&stop).await {
+            return;
+        }
+    };
+    info!(socket = %path.display(), "Graphite unix socket listener up.");
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            a = listener.accept() => a,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let stream = match accepted {
+            Ok((s, _)) => s,
+            Err(e) => {
+                events::add(&COUNTERS.listener_errors, 1);
+                warn!(error = %e, "Graphite unix accept failed; retrying.");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        // At accept, before reading: the peer's process must still exist to be found.
+        let pid = stream.peer_cred().ok().and_then(|c| c.pid());
+        let origin = match pid {
+            Some(pid) => ingest.attributor.by_pid(pid),
+            None => Arc::new(Origin::unattributed()),
+        };
+        let key = match &origin.container_id {
+            Some(id) => format!("container:{id}"),
+            None => format!("pid:{}", pid.unwrap_or(0)),
+        };
+        let Some(slot) = ingest.admit_connection(key) else {
+            continue;
+        };
+        let (ingest, stop) = (ingest.clone(), stop.clone());
+        connections.spawn(async move {
+            let _slot = slot;
+            let origin = ingest.attributor.complete(origin).await;
+            ingest
+                .serve_stream(stream, origin, Transport::Unix, stop)
+                .await;
+        });
+    }
+    connections.shutdown().await;
+    if let Err(e) = std::fs::remove_file(&path) {
+        debug!(socket = %path.display(), error = %e, "Metrics socket already gone.");
+    }
+}
+
+/// Binds the unix socket, replacing a stale one (never another kind of file), mode 0666:
+/// any process that can reach the path may send, since the kernel tells who it is.
+fn bind_unix(path: &std::path::Path) -> Result<UnixListener, MetricsError> {
+    let err = |source| MetricsError::BindUnix {
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path).map_err(err)?,
+        Ok(_) => {
+            return Err(err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "exists and is not a socket",
+            )));
+        }
+        Err(_) => {}
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(err)?;
+    Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::control::InventoryView;
+    use crate::discover::docker_api::DockerApi;
+
+    fn ingest(config: &MetricsConfig) -> (Arc<Ingest>, mpsc::Receiver<Arc<Chunk>>) {
+        let (tx, rx) = mpsc::channel(64);
+        let attributor = Arc::new(Attributor::new(
+            "/nonexistent".into(),
+            InventoryView::new(),
+            DockerApi::new("/nonexistent.sock"),
+        ));
+        let outputs = Outputs {
+            store: tx,
+            carbon: None,
+        };
+        (Arc::new(Ingest::new(config, attributor, outputs)), rx)
+    }
+
+    #[tokio::test]
+    async fn a_unix_stream_with_bad_lines_keeps_the_good_ones_and_counts_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.sock");
+        let (ingest, mut rx) = ingest(&MetricsConfig::default());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run_unix(ingest, path.clone(), stop.clone()));
+        while !path.exists() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut s = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let now = unix_now();
+        s.write_all(format!("good.one 1 {now}\nbad NaN\n\x00\x01\ngood.two 2\nhalf").as_bytes())
+            .await
+            .unwrap();
+        drop(s);
+        let (mut samples, mut rejected) = (Vec::new(), 0);
+        while rejected < 3 || samples.len() < 2 {
+            let c = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            samples.extend(c.samples.iter().map(|s| s.path.clone()));
+            rejected += c.rejected;
+            // The test process is no container.
+            assert!(c.origin.is_unattributed());
+        }
+        assert_eq!(samples, ["good.one", "good.two"]);
+        assert_eq!(rejected, 3);
+        stop.cancel();
+        task.await.unwrap();
+        assert!(!path.exists(), "socket left behind");
+    }
+
+    #[tokio::test]
+    async fn connections_are_bounded_per_peer_and_in_all() {
+        let config = MetricsConfig {
+            max_connections_per_peer: 1,
+            max_connections: 2,
+            ..MetricsConfig::default()
+        };
+        let (ingest, _rx) = ingest(&config);
+        let a = ingest.admit_connection("ip:10.0.0.1".into());
+        assert!(a.is_some());
+        assert!(ingest.admit_connection("ip:10.0.0.1".into()).is_none());
+        let b = ingest.admit_connection("ip:10.0.0.2".into());
+        assert!(b.is_some());
+        assert!(
+            ingest.admit_connection("ip:10.0.0.3".into()).is_none(),
+            "over the total"
+        );
+        drop(a);
+        assert!(ingest.admit_connection("ip:10.0.0.3".into()).is_some());
+    }
+
+    #[tokio::test]
+    async fn over_the_rate_samples_are_dropped_and_counted() {
+        let config = MetricsConfig {
+            max_samples_per_second: 5,
+            ..MetricsConfig::default()
+        };
+        let (ingest, _rx) = ingest(&config);
+        let origin = Arc::new(Origin::unattributed());
+        let lines: String = (0..8).map(|i| format!("m {i}\n")).collect();
+        let chunk = ingest.datagram(lines.as_bytes(), &origin);
+        let c = ingest.admit(chunk, Transport::Udp).unwrap();
+        assert_eq!((c.samples.len(), c.rate_limited), (5, 3));
+    }
+}
