@@ -1,8 +1,8 @@
 //! Scenario 4: discovery latency with the real Docker engine, from a container's start to
-//! its first line in the local sink, without eBPF.
+//! its first line in the local sink, for each way of finding containers ([`MODES`]).
 //!
-//! The collector runs against this host's real Docker root, procfs, cgroupfs and socket (so
-//! every discovery source but eBPF, which the target excludes, is live). Containers of the test image are started one after
+//! The collector runs against this host's real Docker root, procfs, cgroupfs and socket, with
+//! the discovery sources of the mode. Containers of the test image are started one after
 //! another with `docker run -d IMAGE echo <marker>`; for each we poll the local sink for the
 //! marker every millisecond. Two latencies are taken:
 //! - from the time Docker stamped on the line (its json-file `time`, which the local sink
@@ -52,6 +52,56 @@ pub(crate) fn run(plan: &Plan, report: &mut Report) -> Result<()> {
             .context("ask Docker for its root directory")?;
 
     measure::ensure_binary(&plan.collector)?;
+    for mode in &MODES {
+        println!("xtask: bench: discovery: {}", mode.name);
+        match run_mode(plan, mode, &docker_root) {
+            Ok(result) => report.discovery.push(result),
+            Err(e) => report
+                .notes
+                .push(format!("Discovery with {} not measured: {e:#}", mode.name)),
+        }
+    }
+    Ok(())
+}
+
+/// A set of discovery sources to measure.
+pub(crate) struct Mode {
+    /// What the report calls it.
+    pub(crate) name: &'static str,
+    /// The `[discovery]` section.
+    toml: &'static str,
+    /// Whether it uses eBPF (the stricter target).
+    pub(crate) ebpf: bool,
+}
+
+/// The modes, the default first: every source but eBPF, then with eBPF, then inotify alone
+/// (cgroupfs and the Docker root, no Docker socket), then Docker's events alone. The periodic
+/// rescan stays at its default (10 s) in all of them.
+pub(crate) const MODES: [Mode; 4] = [
+    Mode {
+        name: "every source but eBPF",
+        toml: "ebpf = \"off\"\n",
+        ebpf: false,
+    },
+    Mode {
+        name: "eBPF and every source",
+        toml: "ebpf = \"on\"\n",
+        ebpf: true,
+    },
+    Mode {
+        name: "inotify only (cgroupfs, Docker root)",
+        toml: "ebpf = \"off\"\ndocker_events = false\n",
+        ebpf: false,
+    },
+    Mode {
+        name: "Docker events only",
+        toml: "ebpf = \"off\"\ncgroup_inotify = false\ndocker_root_inotify = false\n",
+        ebpf: false,
+    },
+];
+
+/// One collector with `mode`'s sources, and `plan.discovery_runs` containers.
+fn run_mode(plan: &Plan, mode: &Mode, docker_root: &str) -> Result<DiscoveryResult> {
     let dir = plan.work_dir.join("runs").join("discovery");
     measure::fresh_dir(&dir)?;
     let data = dir.join("data");
@@ -59,9 +109,10 @@ pub(crate) fn run(plan: &Plan, report: &mut Report) -> Result<()> {
     fs::write(
         &config,
         format!(
-            "data_dir = {:?}\n\n[host]\ndocker_root = {:?}\n\n[discovery]\nebpf = \"off\"\n",
+            "data_dir = {:?}\n\n[host]\ndocker_root = {:?}\n\n[discovery]\n{}",
             data.display().to_string(),
-            docker_root
+            docker_root,
+            mode.toml
         ),
     )
     .with_context(|| format!("write {}", config.display()))?;
@@ -77,18 +128,25 @@ pub(crate) fn run(plan: &Plan, report: &mut Report) -> Result<()> {
         .stderr(err)
         .spawn()
         .with_context(|| format!("start {}", plan.collector.display()))?;
-    let result = measure_runs(plan, &data);
+    let result = measure_runs(plan, &data, &mut child, mode);
     measure::stop(&mut child, Duration::from_secs(25));
     remove_bench_containers();
-    report.discovery = Some(result?);
-    Ok(())
+    result.with_context(|| format!("collector log: {}", log.display()))
 }
 
 /// Starts the containers one by one and times their lines.
-fn measure_runs(plan: &Plan, data: &Path) -> Result<DiscoveryResult> {
+fn measure_runs(
+    plan: &Plan,
+    data: &Path,
+    child: &mut std::process::Child,
+    mode: &Mode,
+) -> Result<DiscoveryResult> {
     // Let the collector open its state and finish its first scans of what already runs.
     let ready = Instant::now();
     while !data.join("state.db").exists() {
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!("the collector exited at start ({status})");
+        }
         if ready.elapsed() > Duration::from_secs(30) {
             bail!("the collector did not create its state in 30 s");
         }
@@ -96,7 +154,12 @@ fn measure_runs(plan: &Plan, data: &Path) -> Result<DiscoveryResult> {
     }
     thread::sleep(Duration::from_secs(2));
     let sink_root = data.join("logs").join("containers");
+    if let Ok(Some(status)) = child.try_wait() {
+        bail!("the collector exited at start ({status})");
+    }
     let mut result = DiscoveryResult {
+        mode: mode.name,
+        ebpf: mode.ebpf,
         runs: plan.discovery_runs,
         from_line_ms: Vec::new(),
         from_run_ms: Vec::new(),
