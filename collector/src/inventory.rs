@@ -258,7 +258,13 @@ impl Inventory {
         // init PID Docker reported stays the container's PID while it lives.
         if let Some(pid) = s.pid
             && e.pid.is_none_or(|known| {
-                known != pid && !self.config.host.procfs_root.join(known.to_string()).exists()
+                known != pid
+                    && !self
+                        .config
+                        .host
+                        .procfs_root
+                        .join(known.to_string())
+                        .exists()
             })
         {
             e.pid = Some(pid);

@@ -6,6 +6,7 @@
 //! keys anywhere are an error that names the key. The `///` comments on the fields below are
 //! the reference documentation (`docs/configuration.md` mirrors them).
 
+mod cloudwatch;
 mod paths;
 
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+pub use cloudwatch::{CloudWatchSinkConfig, RETENTION_DAYS};
 pub use paths::HostConfig;
 
 /// The configuration file read when none is named and it exists.
@@ -254,6 +256,8 @@ pub struct SinksConfig {
     pub file: FileSinkConfig,
     /// The discard sink: accepts and drops everything (benchmarks, dry runs).
     pub discard: DiscardSinkConfig,
+    /// CloudWatch Logs (`ship::cloudwatch`).
+    pub cloudwatch: CloudWatchSinkConfig,
 }
 
 impl Default for SinksConfig {
@@ -261,6 +265,7 @@ impl Default for SinksConfig {
         Self {
             file: FileSinkConfig::default(),
             discard: DiscardSinkConfig { enabled: false },
+            cloudwatch: CloudWatchSinkConfig::default(),
         }
     }
 }
@@ -406,9 +411,11 @@ impl Config {
         if self.discovery.rescan_interval < Duration::from_millis(100) {
             return bad("discovery.rescan_interval", "must be at least 100ms");
         }
-        if !self.sinks.file.enabled && !self.sinks.discard.enabled {
+        if !self.sinks.file.enabled && !self.sinks.discard.enabled && !self.sinks.cloudwatch.enabled
+        {
             return bad("sinks", "at least one sink must be enabled");
         }
+        self.sinks.cloudwatch.validate()?;
         if self.data_dir.as_os_str().is_empty() {
             return bad("data_dir", "must not be empty");
         }

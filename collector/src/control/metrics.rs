@@ -223,6 +223,7 @@ pub fn render_metrics(view: &InventoryView, sinks: &[Arc<SinkStats>], uptime: Du
         &[("version", env!("CARGO_PKG_VERSION"))],
         1,
     );
+    crate::internal_events::cloudwatch::render(&mut e.out);
     e.out
 }
 

@@ -237,6 +237,32 @@ impl Sink for CountingSink {
         })
     }
 
+    fn send_batches<'a>(
+        &'a mut self,
+        batches: &'a [Batch],
+    ) -> BoxFuture<'a, Result<usize, SinkError>> {
+        let sent = self.inner.send_batches(batches);
+        let stats = &self.stats;
+        Box::pin(async move {
+            let result = sent.await;
+            match &result {
+                Ok(n) => {
+                    for batch in &batches[..(*n).min(batches.len())] {
+                        stats
+                            .records
+                            .fetch_add(batch.records.len() as u64, Ordering::Relaxed);
+                        stats
+                            .bytes
+                            .fetch_add(batch.message_bytes() as u64, Ordering::Relaxed);
+                        stats.batches.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Err(e) => stats.failed(e),
+            }
+            result
+        })
+    }
+
     fn sync(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
         let synced = self.inner.sync();
         let stats = &self.stats;

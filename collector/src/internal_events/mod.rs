@@ -4,6 +4,7 @@
 //! their names follow `collector_<name>[_<unit>]_total` and live in [`names`]. Labels are
 //! low-cardinality only: never a container id or task ARN (those go in the log line).
 
+pub mod cloudwatch;
 pub mod names;
 
 use std::path::Path;

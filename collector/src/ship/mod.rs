@@ -8,10 +8,19 @@
 //!
 //! - `file.rs`: the local directory sink (the default).
 //! - `discard.rs`: accepts and drops (benchmarks, dry runs).
+//! - `cloudwatch.rs`: CloudWatch Logs; `cloudwatch_batch.rs` builds its requests (pure);
+//!   `naming.rs` renders destination names from templates over identities.
+//!
+//! A sink may take several waiting batches in one call ([`Sink::send_batches`]), so a remote
+//! sink can fill its requests (CloudWatch: up to 10,000 events) instead of sending one per
+//! tailer read.
 
+pub mod cloudwatch;
+pub mod cloudwatch_batch;
 pub mod discard;
 pub mod file;
 pub mod layout;
+pub mod naming;
 
 use std::time::{Duration, Instant};
 
@@ -45,6 +54,9 @@ pub enum SinkError {
         #[source]
         source: std::io::Error,
     },
+    /// CloudWatch Logs did not take a request.
+    #[error(transparent)]
+    CloudWatch(#[from] cloudwatch::CloudWatchError),
 }
 
 /// A destination for batches.
@@ -60,6 +72,23 @@ pub trait Sink: Send {
 
     /// Takes a batch.
     fn send_batch<'a>(&'a mut self, batch: &'a Batch) -> BoxFuture<'a, Result<(), SinkError>>;
+
+    /// Takes the first of `batches` (at least one when there is one) and says how many it
+    /// took; same contract as [`Sink::send_batch`] for each of them, and an `Err` means none
+    /// of this call's batches counts as delivered. The default takes one through
+    /// `send_batch`; a sink that gains from larger requests takes several.
+    fn send_batches<'a>(
+        &'a mut self,
+        batches: &'a [Batch],
+    ) -> BoxFuture<'a, Result<usize, SinkError>> {
+        match batches.first() {
+            Some(batch) => {
+                let sent = self.send_batch(batch);
+                Box::pin(async move { sent.await.map(|()| 1) })
+            }
+            None => Box::pin(std::future::ready(Ok(0))),
+        }
+    }
 
     /// Makes everything accepted so far durable (fsync); called periodically and at shutdown.
     fn sync(&mut self) -> BoxFuture<'_, Result<(), SinkError>>;
@@ -115,10 +144,10 @@ impl Shipper {
                     Err(_) => break,
                 }
             }
+            if !self.deliver(&pending, &abort).await {
+                return;
+            }
             for batch in pending.drain(..) {
-                if !self.deliver(&batch, &abort).await {
-                    return;
-                }
                 internal_events::BatchDelivered {
                     records: batch.records.len() as u64,
                     bytes: batch.message_bytes() as u64,
@@ -137,13 +166,19 @@ impl Shipper {
         info!("Shipper drained.");
     }
 
-    /// Sends to every sink, retrying each until it takes the batch. False when aborted.
-    async fn deliver(&mut self, batch: &Batch, abort: &CancellationToken) -> bool {
+    /// Sends to every sink in turn, retrying each until it has taken every batch (a sink
+    /// takes one or more per call). False when aborted.
+    async fn deliver(&mut self, batches: &[Batch], abort: &CancellationToken) -> bool {
         for sink in &mut self.sinks {
             let mut backoff = Duration::from_millis(100);
-            loop {
-                match sink.send_batch(batch).await {
-                    Ok(()) => break,
+            let mut done = 0;
+            while done < batches.len() {
+                match sink.send_batches(&batches[done..]).await {
+                    // Taking none would never end: count it as one (a sink's bug, not data).
+                    Ok(n) => {
+                        done += n.clamp(1, batches.len() - done);
+                        backoff = Duration::from_millis(100);
+                    }
                     Err(e) => {
                         internal_events::SinkSendError {
                             sink: sink.name(),
