@@ -223,7 +223,9 @@ pub fn render_metrics(view: &InventoryView, sinks: &[Arc<SinkStats>], uptime: Du
         &[("version", env!("CARGO_PKG_VERSION"))],
         1,
     );
-    crate::internal_events::cloudwatch::render(&mut e.out);
+    if sinks.iter().any(|s| s.name == "cloudwatch") {
+        crate::internal_events::cloudwatch::render(&mut e.out);
+    }
     e.out
 }
 

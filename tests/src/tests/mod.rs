@@ -8,6 +8,7 @@
 
 mod harness;
 
+mod cloudwatch;
 mod corrupt_input;
 mod docker_unreachable;
 mod ebpf;
