@@ -116,3 +116,81 @@ impl CloudWatchSinkConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Overrides};
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load_from(
+            Some(&path),
+            &Overrides::default(),
+            figment::providers::Env::prefixed("COLLECTOR_TEST_NONE_"),
+        )
+    }
+
+    #[test]
+    fn defaults_are_the_awslogs_names_and_off() {
+        let c = load("").unwrap().sinks.cloudwatch;
+        assert!(!c.enabled);
+        assert_eq!(c.log_group, "/ecs/{family}");
+        assert_eq!(c.log_stream, "ecs/{container_name}/{task_id}");
+        let c = load("[sinks.cloudwatch]\nenabled = true\nregion = \"eu-west-1\"\nretention_days = 30\nrequest_timeout = \"5s\"")
+            .unwrap()
+            .sinks
+            .cloudwatch;
+        assert!(c.enabled);
+        assert_eq!(c.retention_days, Some(30));
+        assert_eq!(c.request_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            (
+                "[sinks.cloudwatch]\nlog_group = \"/ecs/{famly}\"",
+                "sinks.cloudwatch.log_group",
+            ),
+            (
+                "[sinks.cloudwatch]\nlog_stream = \"{task_id\"",
+                "sinks.cloudwatch.log_stream",
+            ),
+            (
+                "[sinks.cloudwatch]\nretention_days = 2",
+                "sinks.cloudwatch.retention_days",
+            ),
+            (
+                "[sinks.cloudwatch]\nmax_event_bytes = 2000000",
+                "sinks.cloudwatch.max_event_bytes",
+            ),
+            (
+                "[sinks.cloudwatch]\nmax_attempts = 0",
+                "sinks.cloudwatch.max_attempts",
+            ),
+            ("[sinks.cloudwatch]\nregoin = \"x\"", "regoin"),
+        ];
+        for (text, key) in cases {
+            let err = load(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text:?} -> {err}");
+        }
+        let err = load("[sinks.cloudwatch]\nretention_days = 2")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("COLLECTOR_SINKS__CLOUDWATCH__RETENTION_DAYS"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn cloudwatch_alone_is_enough() {
+        let c = load("[sinks.file]\nenabled = false\n[sinks.cloudwatch]\nenabled = true").unwrap();
+        assert!(c.sinks.cloudwatch.enabled && !c.sinks.file.enabled);
+        let text = c.to_toml().unwrap();
+        assert_eq!(load(&text).unwrap(), c);
+    }
+}
