@@ -169,7 +169,7 @@ impl std::fmt::Debug for CloudWatchLogsSink {
 }
 
 /// The batches' key for [`Inflight`].
-fn key_of(batches: &[Batch]) -> Vec<(String, u64)> {
+fn key_of(batches: &[Arc<Batch>]) -> Vec<(String, u64)> {
     batches
         .iter()
         .map(|b| (b.ack.source.clone(), b.ack.checkpoint.offset))
@@ -221,7 +221,7 @@ impl CloudWatchLogsSink {
 
     /// Builds the requests of `batches`: records grouped by destination (in order of first
     /// appearance), each destination's events sorted and cut within the limits.
-    fn build_requests(&self, batches: &[Batch]) -> VecDeque<(Destination, Request)> {
+    fn build_requests(&self, batches: &[Arc<Batch>]) -> VecDeque<(Destination, Request)> {
         let now = cloudwatch_batch::now_ms();
         let limits = &self.settings.limits;
         let mut stats = BuildStats::default();
@@ -436,7 +436,7 @@ impl CloudWatchLogsSink {
 
     /// Sends `batches` (all of them): resumes the requests of an earlier failed call on the
     /// same batches, or builds them.
-    async fn send_all(&mut self, batches: &[Batch]) -> Result<(), CloudWatchError> {
+    async fn send_all(&mut self, batches: &[Arc<Batch>]) -> Result<(), CloudWatchError> {
         let key = key_of(batches);
         let mut inflight = match self.inflight.take() {
             Some(i) if i.key == key => i,
@@ -510,7 +510,7 @@ impl Sink for CloudWatchLogsSink {
 
     fn send_batch<'a>(&'a mut self, batch: &'a Batch) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
-            self.send_all(std::slice::from_ref(batch))
+            self.send_all(&[Arc::new(batch.clone())])
                 .await
                 .map_err(SinkError::from)
         })
@@ -518,7 +518,7 @@ impl Sink for CloudWatchLogsSink {
 
     fn send_batches<'a>(
         &'a mut self,
-        batches: &'a [Batch],
+        batches: &'a [Arc<Batch>],
     ) -> BoxFuture<'a, Result<usize, SinkError>> {
         Box::pin(async move {
             self.send_all(batches).await?;

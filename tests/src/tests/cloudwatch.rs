@@ -286,7 +286,8 @@ fn a_2_mib_line_is_split_and_marked_and_bad_utf8_is_replaced() -> Result<()> {
 /// CloudWatch goes away for 30 s while a container writes, and comes back empty (moto keeps
 /// nothing across a restart, like a deleted log group): the collector holds the lines, creates
 /// the group and stream again, and delivers every line written during and after the outage,
-/// in order; lines acknowledged before it are not sent again.
+/// in order; lines acknowledged before it are not sent again. The local sink keeps receiving
+/// lines during the outage.
 #[test]
 fn an_outage_of_30_s_loses_nothing() -> Result<()> {
     const BEFORE: usize = 300;
@@ -330,6 +331,14 @@ fn an_outage_of_30_s_loses_nothing() -> Result<()> {
     moto.stop()?;
     std::fs::write(ctl.join("phase2"), b"")?;
     std::thread::sleep(Duration::from_secs(30));
+    // Meanwhile the local sink went on (within the shipper's bounded lag): the outage of
+    // one sink does not stop the other.
+    let local = messages(&collector.sink().lines(&task.task_id, "app", "stdout")?);
+    ensure!(
+        local.len() >= BEFORE + 100 && local[..] == all[..local.len().min(all.len())],
+        "the local sink during the outage: {}",
+        check::describe(&local)
+    );
     moto.restart()?;
     // Phase 2: everything written since, once the container is done.
     let after = &all[BEFORE..];
