@@ -531,3 +531,175 @@ impl Sink for CloudWatchLogsSink {
         Box::pin(std::future::ready(Ok(())))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::Ordering;
+
+    use aws_sdk_cloudwatchlogs::config::{BehaviorVersion, Credentials, Region};
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::control::testing::test_batch;
+
+    /// What the scripted endpoint saw: per PutLogEvents, the number of events and the first
+    /// message; and which calls were made.
+    #[derive(Default)]
+    struct Seen {
+        calls: Vec<String>,
+        puts: Vec<(usize, String)>,
+    }
+
+    /// A CloudWatch Logs endpoint speaking the JSON protocol over HTTP/1.1 that answers the
+    /// PutLogEvents calls numbered in `fail` (1-based) with a 500 and the others with 200,
+    /// marking the first event of every accepted request as too old when `reject_first`.
+    async fn scripted_endpoint(fail: Vec<usize>, reject_first: bool) -> (String, Arc<Mutex<Seen>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let s = seen.clone();
+        tokio::spawn(async move {
+            let puts = Arc::new(Mutex::new(0usize));
+            loop {
+                let (conn, _) = listener.accept().await.unwrap();
+                let (s, fail, puts) = (s.clone(), fail.clone(), puts.clone());
+                tokio::spawn(async move {
+                    let (r, mut w) = conn.into_split();
+                    let mut r = BufReader::new(r);
+                    loop {
+                        let mut target = String::new();
+                        let mut len = 0usize;
+                        let mut line = String::new();
+                        loop {
+                            line.clear();
+                            if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            let l = line.trim_end().to_ascii_lowercase();
+                            if l.is_empty() {
+                                break;
+                            }
+                            if let Some(v) = l.strip_prefix("x-amz-target:") {
+                                target = v.trim().to_owned();
+                            }
+                            if let Some(v) = l.strip_prefix("content-length:") {
+                                len = v.trim().parse().unwrap();
+                            }
+                        }
+                        let mut body = vec![0; len];
+                        r.read_exact(&mut body).await.unwrap();
+                        let action = target.rsplit('.').next().unwrap_or("").to_owned();
+                        let (status, answer) = if action == "putlogevents" {
+                            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                            let events = v["logEvents"].as_array().unwrap();
+                            let n = {
+                                let mut p = puts.lock().unwrap();
+                                *p += 1;
+                                *p
+                            };
+                            if fail.contains(&n) {
+                                (
+                                    500,
+                                    r#"{"__type":"ServiceUnavailableException","message":"down"}"#
+                                        .to_owned(),
+                                )
+                            } else {
+                                s.lock().unwrap().puts.push((
+                                    events.len(),
+                                    events[0]["message"].as_str().unwrap().to_owned(),
+                                ));
+                                if reject_first {
+                                    (
+                                        200,
+                                        r#"{"rejectedLogEventsInfo":{"tooOldLogEventEndIndex":0}}"#
+                                            .to_owned(),
+                                    )
+                                } else {
+                                    (200, "{}".to_owned())
+                                }
+                            }
+                        } else {
+                            (200, "{}".to_owned())
+                        };
+                        s.lock().unwrap().calls.push(action);
+                        let reply = format!(
+                            "HTTP/1.1 {status} X\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\n\r\n{answer}",
+                            answer.len()
+                        );
+                        if w.write_all(reply.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, seen)
+    }
+
+    fn sink(url: &str) -> CloudWatchLogsSink {
+        let conf = aws_sdk_cloudwatchlogs::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(url)
+            .credentials_provider(Credentials::new("a", "b", None, None, "test"))
+            .retry_config(RetryConfig::standard().with_max_attempts(1))
+            .build();
+        let settings = CloudWatchSettings::try_from_config(&CloudWatchSinkConfig {
+            enabled: true,
+            ..CloudWatchSinkConfig::default()
+        })
+        .unwrap();
+        CloudWatchLogsSink::with_client(Client::from_conf(conf), settings)
+    }
+
+    /// 25,000 lines are three requests; the second fails once. The retry of the same batches
+    /// resumes at the second request: the first is not sent again, and every line is taken
+    /// exactly once; the group and stream were created once.
+    #[tokio::test]
+    async fn a_retry_resumes_at_the_first_request_not_acknowledged() {
+        let (url, seen) = scripted_endpoint(vec![2], false).await;
+        let mut sink = sink(&url);
+        let lines: Vec<String> = (0..25_000).map(|i| format!("line {i}")).collect();
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let batches = vec![
+            Arc::new(test_batch(&refs[..12_000], 1)),
+            Arc::new(test_batch(&refs[12_000..], 2)),
+        ];
+        assert!(sink.send_batches(&batches).await.is_err());
+        assert_eq!(sink.send_batches(&batches).await.unwrap(), 2);
+        {
+            let seen = seen.lock().unwrap();
+            let puts: Vec<(usize, &str)> =
+                seen.puts.iter().map(|(n, m)| (*n, m.as_str())).collect();
+            assert_eq!(
+                puts,
+                [
+                    (10_000, "line 0"),
+                    (10_000, "line 10000"),
+                    (5_000, "line 20000")
+                ]
+            );
+            let creates = |a: &str| seen.calls.iter().filter(|c| *c == a).count();
+            assert_eq!(
+                (creates("createloggroup"), creates("createlogstream")),
+                (1, 1)
+            );
+        }
+        // Other batches start over.
+        let other = vec![Arc::new(test_batch(&["again"], 3))];
+        assert_eq!(sink.send_batches(&other).await.unwrap(), 1);
+    }
+
+    /// Events the service lists in `rejectedLogEventsInfo` are counted as lost.
+    #[tokio::test]
+    async fn rejected_events_are_counted() {
+        let (url, _seen) = scripted_endpoint(vec![], true).await;
+        let mut sink = sink(&url);
+        let before = events::COUNTERS.events_rejected.load(Ordering::Relaxed);
+        let batches = vec![Arc::new(test_batch(&["a", "b"], 1))];
+        assert_eq!(sink.send_batches(&batches).await.unwrap(), 1);
+        assert!(events::COUNTERS.events_rejected.load(Ordering::Relaxed) > before);
+    }
+}
