@@ -149,6 +149,16 @@ impl App {
             sink_stats.push(sink.stats());
             sinks.push(Box::new(sink));
         }
+        if config.sinks.s3.enabled {
+            let s3 = &config.sinks.s3;
+            let sink = crate::ship::s3::S3Sink::build(s3, config.data_dir.join("s3")).await;
+            let sink = CountingSink::new(
+                Box::new(sink),
+                format!("s3://{}/{}", s3.bucket, s3.key_prefix),
+            );
+            sink_stats.push(sink.stats());
+            sinks.push(Box::new(sink));
+        }
         sinks.push(Box::new(DeliveryTap::new(view.clone(), tail_tx.clone())));
         // Bound before anything runs: a second daemon on this data directory stops here.
         let control = if config.control.enabled {

@@ -1,5 +1,5 @@
-//! [`Moto`]: a real moto server (the local stand-in for CloudWatch Logs) per test, and what a
-//! test reads back from it.
+//! [`Moto`]: a real moto server (the local stand-in for CloudWatch Logs and S3) per test, and
+//! what a test reads back from it (log events; S3 objects).
 //!
 //! `moto_server` comes from `$COLLECTOR_TEST_MOTO` (set by `cargo xtask test`, which installs
 //! moto 5.2.5 into a virtualenv), else from that virtualenv under the target directory. Each
@@ -326,6 +326,103 @@ impl Moto {
             }
             token = next;
         }
+    }
+}
+
+impl Moto {
+    /// The environment a collector needs to archive into `bucket` on this server (path-style
+    /// addressing, dummy credentials).
+    pub fn collector_env_s3(&self, bucket: &str) -> Vec<(String, String)> {
+        [
+            ("COLLECTOR_SINKS__S3__ENABLED", "true".to_owned()),
+            ("COLLECTOR_SINKS__S3__BUCKET", bucket.to_owned()),
+            ("COLLECTOR_SINKS__S3__ENDPOINT_URL", self.endpoint()),
+            ("COLLECTOR_SINKS__S3__REGION", MOTO_REGION.to_owned()),
+            ("COLLECTOR_SINKS__S3__FORCE_PATH_STYLE", "true".to_owned()),
+            ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
+            ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    fn s3_request(&self, method: &str, path: &str, body: &[u8]) -> Result<(u16, Vec<u8>)> {
+        let auth = format!(
+            "AWS4-HMAC-SHA256 Credential=testing/20260101/{MOTO_REGION}/s3/aws4_request, \
+             SignedHeaders=host, Signature=0"
+        );
+        http(
+            self.port,
+            method,
+            path,
+            &[
+                ("Authorization", auth.as_str()),
+                ("x-amz-content-sha256", "UNSIGNED-PAYLOAD"),
+            ],
+            body,
+        )
+        .with_context(|| format!("S3 {method} {path} on moto port {}", self.port))
+    }
+
+    /// Creates a bucket.
+    ///
+    /// # Errors
+    /// When the server cannot be reached or refuses.
+    pub fn create_bucket(&self, bucket: &str) -> Result<()> {
+        let (status, body) = self.s3_request("PUT", &format!("/{bucket}"), b"")?;
+        ensure!(
+            status == 200,
+            "CreateBucket {bucket}: HTTP {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        Ok(())
+    }
+
+    /// Keys and sizes of the objects under `prefix` (at most 1000), sorted by key.
+    ///
+    /// # Errors
+    /// When the server cannot be reached or refuses.
+    pub fn list_objects(&self, bucket: &str, prefix: &str) -> Result<Vec<(String, u64)>> {
+        let (status, body) = self.s3_request(
+            "GET",
+            &format!("/{bucket}?list-type=2&prefix={prefix}"),
+            b"",
+        )?;
+        let text = String::from_utf8_lossy(&body).into_owned();
+        ensure!(
+            status == 200,
+            "ListObjectsV2 {bucket}: HTTP {status}: {text}"
+        );
+        let mut out = Vec::new();
+        for item in text.split("<Contents>").skip(1) {
+            let field = |name: &str| {
+                item.split(&format!("<{name}>"))
+                    .nth(1)
+                    .and_then(|r| r.split(&format!("</{name}>")).next())
+                    .map(str::to_owned)
+            };
+            let key = field("Key").ok_or_else(|| anyhow!("no Key in {item}"))?;
+            let size = field("Size").and_then(|s| s.parse().ok()).unwrap_or(0);
+            out.push((key, size));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// An object's bytes.
+    ///
+    /// # Errors
+    /// When the server cannot be reached or the object does not exist.
+    pub fn get_object(&self, bucket: &str, key: &str) -> Result<Vec<u8>> {
+        let (status, body) = self.s3_request("GET", &format!("/{bucket}/{key}"), b"")?;
+        ensure!(
+            status == 200,
+            "GetObject {bucket}/{key}: HTTP {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        Ok(body)
     }
 }
 

@@ -8,6 +8,7 @@
 
 mod cloudwatch;
 mod paths;
+mod s3;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub use cloudwatch::{CloudWatchSinkConfig, RETENTION_DAYS};
 pub use paths::HostConfig;
+pub use s3::S3SinkConfig;
 
 /// The configuration file read when none is named and it exists.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/collector/config.toml";
@@ -258,6 +260,8 @@ pub struct SinksConfig {
     pub discard: DiscardSinkConfig,
     /// CloudWatch Logs (`ship::cloudwatch`).
     pub cloudwatch: CloudWatchSinkConfig,
+    /// S3 task archives (`ship::s3`).
+    pub s3: S3SinkConfig,
 }
 
 impl Default for SinksConfig {
@@ -266,6 +270,7 @@ impl Default for SinksConfig {
             file: FileSinkConfig::default(),
             discard: DiscardSinkConfig { enabled: false },
             cloudwatch: CloudWatchSinkConfig::default(),
+            s3: S3SinkConfig::default(),
         }
     }
 }
@@ -411,11 +416,15 @@ impl Config {
         if self.discovery.rescan_interval < Duration::from_millis(100) {
             return bad("discovery.rescan_interval", "must be at least 100ms");
         }
-        if !self.sinks.file.enabled && !self.sinks.discard.enabled && !self.sinks.cloudwatch.enabled
+        if !self.sinks.file.enabled
+            && !self.sinks.discard.enabled
+            && !self.sinks.cloudwatch.enabled
+            && !self.sinks.s3.enabled
         {
             return bad("sinks", "at least one sink must be enabled");
         }
         self.sinks.cloudwatch.validate()?;
+        self.sinks.s3.validate()?;
         if self.data_dir.as_os_str().is_empty() {
             return bad("data_dir", "must not be empty");
         }

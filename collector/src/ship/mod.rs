@@ -20,6 +20,7 @@
 //! - `discard.rs`: accepts and drops (benchmarks, dry runs).
 //! - `cloudwatch.rs`: CloudWatch Logs; `cloudwatch_batch.rs` builds its requests (pure);
 //!   `naming.rs` renders destination names from templates over identities.
+//! - `s3.rs`: per-task `tar.gz` archives in S3, spooled locally, with a manifest.
 
 pub mod cloudwatch;
 pub mod cloudwatch_batch;
@@ -27,6 +28,7 @@ pub mod discard;
 pub mod file;
 pub mod layout;
 pub mod naming;
+pub mod s3;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -65,6 +67,9 @@ pub enum SinkError {
     /// CloudWatch Logs did not take a request.
     #[error(transparent)]
     CloudWatch(#[from] cloudwatch::CloudWatchError),
+    /// The S3 archive sink could not spool or upload.
+    #[error(transparent)]
+    S3(#[from] s3::S3Error),
 }
 
 /// A destination for batches.

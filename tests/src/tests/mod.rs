@@ -18,6 +18,7 @@ mod kill_restart;
 mod long_line;
 mod no_config;
 mod rotation;
+mod s3;
 mod short_lived;
 mod sigterm;
 

@@ -1,0 +1,599 @@
+//! The S3 archive sink: each task's lines as `tar.gz` chunks, a JSON manifest and a
+//! completion marker once the task has ended.
+//!
+//! ```text
+//! <key_prefix>tasks/<task id>/chunk-<ms>.tar.gz    <container name>/stdout.log, stderr.log, files/..., lifecycle.log
+//! <key_prefix>tasks/<task id>/chunk-<ms>.tar.gz    (a long task: one chunk per `chunk_bytes` spooled;
+//!                                                 named by the time it was sealed, in ms)
+//! <key_prefix>tasks/<task id>/manifest.json        task identity, containers, chunks with sizes
+//! <key_prefix>tasks/<task id>/_COMPLETE            written last: the archive is whole
+//! ```
+//! (Containers outside ECS: `containers/<name>-<short id>/`, one archive per container.)
+//!
+//! How: a batch is acknowledged once its lines are in a local spool
+//! (`<data_dir>/s3/live/`, the local directory sink's layout and line format), synced like
+//! the local sink; so S3 being down never holds back checkpoints, and the spool is the
+//! buffer. At each sync the sink seals what is ready, moving it to `<data_dir>/s3/sealed/`:
+//! a task whose every log source has ended (and stayed so for `task_settle`), or whose spool
+//! reached `chunk_bytes`. Then it uploads sealed chunks, oldest first: a `tar.gz` built on
+//! disk, sent with PutObject when small and otherwise as a multipart upload whose parts grow
+//! (5 MiB, the minimum for a non-final part, doubling every 16 parts up to 64 MiB, so memory
+//! stays bounded and 10,000 parts reach far beyond any archive). A chunk is deleted locally
+//! only after S3 has it; a failed upload is retried at the next sync, and sealed chunks left
+//! by a previous run are uploaded after a restart.
+//!
+//! Limits of this version: a task whose spool was left open by a previous run (the collector
+//! restarted between a task's end and its sealing) is sealed only when one of its sources
+//! sends again; and uploads run inside this sink's worker, so a large upload delays this
+//! sink's next batches (never the other sinks', within the shipper's lag).
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_smithy_types::error::display::DisplayErrorContext;
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use super::file::FileSink;
+use super::layout::container_dir;
+use super::{Sink, SinkError};
+use crate::batch::Batch;
+use crate::config::S3SinkConfig;
+use crate::identify::ContainerIdentity;
+
+/// The smallest part of a multipart upload but the last
+/// (<https://docs.aws.amazon.com/AmazonS3/latest/userguide/qfacts.html>).
+pub const MIN_PART_BYTES: usize = 5 * 1024 * 1024;
+/// The largest part we send: bounds the memory of an upload.
+pub const MAX_PART_BYTES: usize = 64 * 1024 * 1024;
+/// Parts per doubling of the part size.
+const PARTS_PER_STEP: u32 = 16;
+
+/// Errors of the S3 sink.
+#[derive(Debug, thiserror::Error)]
+pub enum S3Error {
+    /// A local spool file or directory could not be used.
+    #[error("S3 spool: cannot {operation} {path}")]
+    Spool {
+        /// What was done.
+        operation: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An S3 request failed.
+    #[error("S3 {operation} s3://{bucket}/{key} failed: {detail}")]
+    Request {
+        /// The API call.
+        operation: &'static str,
+        /// The bucket.
+        bucket: String,
+        /// The key.
+        key: String,
+        /// The SDK's error with its causes ([`DisplayErrorContext`]).
+        detail: String,
+    },
+}
+
+/// The size of part `n` (1-based): 5 MiB doubling every 16 parts, at most 64 MiB.
+pub fn part_size(n: u32) -> usize {
+    let steps = ((n.saturating_sub(1)) / PARTS_PER_STEP).min(16);
+    (MIN_PART_BYTES << steps).min(MAX_PART_BYTES)
+}
+
+/// What the sink knows of a unit (a task, or a container outside tasks) being spooled.
+#[derive(Debug)]
+struct LiveUnit {
+    /// Source key -> has ended.
+    sources: HashMap<String, bool>,
+    /// When every source was last seen ended (reset by a new source or batch).
+    all_ended_since: Option<Instant>,
+    /// Spooled bytes since the last seal (message bytes plus the time and separators).
+    bytes: u64,
+    /// The identity of a container of the unit, for the manifest.
+    identity: Arc<ContainerIdentity>,
+    /// Container names seen.
+    containers: BTreeSet<String>,
+}
+
+/// A uploaded chunk, in the manifest.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct ChunkRecord {
+    key: String,
+    bytes: u64,
+}
+
+/// `sealed/<unit>/state.json`: what survives a restart.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct UnitRecord {
+    uploaded: Vec<ChunkRecord>,
+    ended: bool,
+    task: Option<serde_json::Value>,
+    containers: BTreeSet<String>,
+}
+
+/// The S3 archive sink.
+pub struct S3Sink {
+    client: Client,
+    bucket: String,
+    key_prefix: String,
+    chunk_bytes: u64,
+    task_settle: Duration,
+    live_root: PathBuf,
+    sealed_root: PathBuf,
+    spool: FileSink,
+    units: HashMap<PathBuf, LiveUnit>,
+}
+
+impl std::fmt::Debug for S3Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Sink")
+            .field("bucket", &self.bucket)
+            .field("key_prefix", &self.key_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn spool_err(operation: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> S3Error {
+    let path = path.to_owned();
+    move |source| S3Error::Spool {
+        operation,
+        path,
+        source,
+    }
+}
+
+/// The unit (first two components of the container's directory: `tasks/<task id>`).
+fn unit_of(identity: &ContainerIdentity) -> (PathBuf, String) {
+    let dir = container_dir(identity);
+    let mut parts = dir.components();
+    let unit: PathBuf = parts.by_ref().take(2).collect();
+    let name: PathBuf = parts.collect();
+    (unit, name.to_string_lossy().into_owned())
+}
+
+impl S3Sink {
+    /// A sink from the configuration, spooling under `spool_dir`.
+    pub async fn build(config: &S3SinkConfig, spool_dir: PathBuf) -> Self {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .retry_config(RetryConfig::standard().with_max_attempts(config.max_attempts));
+        if let Some(region) = &config.region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        if let Some(url) = &config.endpoint_url {
+            loader = loader.endpoint_url(url.clone());
+        }
+        let sdk = loader.load().await;
+        let s3 = aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(config.force_path_style)
+            .build();
+        info!(bucket = %config.bucket, prefix = %config.key_prefix, spool = %spool_dir.display(), "S3 archive sink enabled.");
+        Self::with_client(Client::from_conf(s3), config, spool_dir)
+    }
+
+    /// A sink over a ready client.
+    pub fn with_client(client: Client, config: &S3SinkConfig, spool_dir: PathBuf) -> Self {
+        let live_root = spool_dir.join("live");
+        Self {
+            client,
+            bucket: config.bucket.clone(),
+            key_prefix: config.key_prefix.clone(),
+            chunk_bytes: config.chunk_bytes,
+            task_settle: config.task_settle,
+            spool: FileSink::new(live_root.clone()),
+            live_root,
+            sealed_root: spool_dir.join("sealed"),
+            units: HashMap::new(),
+        }
+    }
+
+    fn note_batch(&mut self, batch: &Batch) {
+        let (unit, name) = unit_of(&batch.identity);
+        let u = self.units.entry(unit).or_insert_with(|| LiveUnit {
+            sources: HashMap::new(),
+            all_ended_since: None,
+            bytes: 0,
+            identity: batch.identity.clone(),
+            containers: BTreeSet::new(),
+        });
+        u.containers.insert(name);
+        let ended = u.sources.entry(batch.source.key.clone()).or_insert(false);
+        *ended |= batch.last;
+        u.bytes += batch.message_bytes() as u64 + 32 * batch.records.len() as u64;
+        u.all_ended_since = if u.sources.values().all(|e| *e) {
+            Some(Instant::now())
+        } else {
+            None
+        };
+    }
+
+    /// Moves the spool of every unit that is ready to `sealed/` as its next chunk.
+    async fn seal_ready(&mut self) -> Result<(), S3Error> {
+        let ready: Vec<(PathBuf, bool)> = self
+            .units
+            .iter()
+            .filter_map(|(unit, u)| {
+                let ended = u
+                    .all_ended_since
+                    .is_some_and(|t| t.elapsed() >= self.task_settle);
+                (ended || u.bytes >= self.chunk_bytes).then(|| (unit.clone(), ended))
+            })
+            .collect();
+        if ready.is_empty() {
+            return Ok(());
+        }
+        // Close every spool file first (the local sink keeps them open), so no write can
+        // land in a sealed chunk.
+        self.spool = FileSink::new(self.live_root.clone());
+        for (unit, ended) in ready {
+            let Some(live) = self.units.get_mut(&unit) else {
+                continue;
+            };
+            let dir = self.sealed_root.join(&unit);
+            std::fs::create_dir_all(&dir).map_err(spool_err("create", &dir))?;
+            let mut record = load_record(&dir)?;
+            record.ended = ended;
+            record.containers.extend(live.containers.iter().cloned());
+            record.task = Some(task_json(&live.identity));
+            let from = self.live_root.join(&unit);
+            if from.exists() {
+                // Named by the time of sealing: sortable, and never the name of a chunk
+                // uploaded before (even for a unit that completes twice).
+                let ms = SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_millis();
+                let mut to = dir.join(format!("chunk-{ms:013}"));
+                while to.exists() {
+                    to = dir.join(format!("{}x", to.display()));
+                }
+                std::fs::rename(&from, &to).map_err(spool_err("move", &from))?;
+            }
+            save_record(&dir, &record)?;
+            live.bytes = 0;
+            if ended {
+                self.units.remove(&unit);
+            }
+        }
+        Ok(())
+    }
+
+    /// Uploads every sealed chunk, and the manifest and marker of ended units.
+    async fn upload_sealed(&mut self) -> Result<(), S3Error> {
+        for dir in sealed_units(&self.sealed_root)? {
+            let unit = dir
+                .strip_prefix(&self.sealed_root)
+                .unwrap_or(&dir)
+                .to_string_lossy()
+                .into_owned();
+            let prefix = format!("{}{unit}", self.key_prefix);
+            let mut record = load_record(&dir)?;
+            for chunk in chunk_dirs(&dir)? {
+                let name = chunk
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let archive = dir.join(format!("{name}.tar.gz"));
+                let (c, a) = (chunk.clone(), archive.clone());
+                tokio::task::spawn_blocking(move || build_archive(&c, &a))
+                    .await
+                    .map_err(|_| S3Error::Spool {
+                        operation: "archive (task panicked)",
+                        path: chunk.clone(),
+                        source: std::io::Error::other("join"),
+                    })??;
+                let key = format!("{prefix}/{name}.tar.gz");
+                let bytes = self.upload_file(&archive, &key).await?;
+                record.uploaded.push(ChunkRecord { key, bytes });
+                save_record(&dir, &record)?;
+                std::fs::remove_dir_all(&chunk).map_err(spool_err("remove", &chunk))?;
+                std::fs::remove_file(&archive).map_err(spool_err("remove", &archive))?;
+            }
+            if record.ended {
+                let manifest = serde_json::json!({
+                    "unit": unit,
+                    "task": record.task,
+                    "containers": record.containers,
+                    "chunks": record.uploaded,
+                    "completed_at": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+                    "collector_version": env!("CARGO_PKG_VERSION"),
+                });
+                let body = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
+                self.put(&format!("{prefix}/manifest.json"), body).await?;
+                self.put(&format!("{prefix}/_COMPLETE"), Vec::new()).await?;
+                info!(unit = %unit, chunks = record.uploaded.len(), "Task archive complete in S3.");
+                std::fs::remove_dir_all(&dir).map_err(spool_err("remove", &dir))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn request_err(&self, operation: &'static str, key: &str, detail: String) -> S3Error {
+        S3Error::Request {
+            operation,
+            bucket: self.bucket.clone(),
+            key: key.to_owned(),
+            detail,
+        }
+    }
+
+    async fn put(&self, key: &str, body: Vec<u8>) -> Result<(), S3Error> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| self.request_err("PutObject", key, DisplayErrorContext(&e).to_string()))?;
+        Ok(())
+    }
+
+    /// Uploads a file: PutObject when it fits the first part, else multipart with growing
+    /// parts. Returns its size.
+    async fn upload_file(&self, path: &Path, key: &str) -> Result<u64, S3Error> {
+        let mut file = std::fs::File::open(path).map_err(spool_err("open", path))?;
+        let size = file.metadata().map_err(spool_err("stat", path))?.len();
+        if size <= part_size(1) as u64 {
+            let mut body = Vec::with_capacity(size as usize);
+            file.read_to_end(&mut body)
+                .map_err(spool_err("read", path))?;
+            self.put(key, body).await?;
+            return Ok(size);
+        }
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| {
+                self.request_err(
+                    "CreateMultipartUpload",
+                    key,
+                    DisplayErrorContext(&e).to_string(),
+                )
+            })?;
+        let upload_id = created.upload_id().unwrap_or_default().to_owned();
+        let result = self.upload_parts(&mut file, path, key, &upload_id).await;
+        if result.is_err() {
+            // Best effort: parts of an abandoned upload cost storage until aborted.
+            let _ = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .send()
+                .await;
+        }
+        result.map(|()| size)
+    }
+
+    async fn upload_parts(
+        &self,
+        file: &mut std::fs::File,
+        path: &Path,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<(), S3Error> {
+        let mut parts = Vec::new();
+        let mut n: u32 = 1;
+        loop {
+            let want = part_size(n);
+            let mut buf = Vec::with_capacity(want);
+            file.by_ref()
+                .take(want as u64)
+                .read_to_end(&mut buf)
+                .map_err(spool_err("read", path))?;
+            if buf.is_empty() {
+                break;
+            }
+            let last = buf.len() < want;
+            let out = self
+                .client
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .part_number(n as i32)
+                .body(ByteStream::from(buf))
+                .send()
+                .await
+                .map_err(|e| {
+                    self.request_err("UploadPart", key, DisplayErrorContext(&e).to_string())
+                })?;
+            parts.push(
+                CompletedPart::builder()
+                    .set_e_tag(out.e_tag().map(str::to_owned))
+                    .part_number(n as i32)
+                    .build(),
+            );
+            if last {
+                break;
+            }
+            n += 1;
+        }
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| {
+                self.request_err(
+                    "CompleteMultipartUpload",
+                    key,
+                    DisplayErrorContext(&e).to_string(),
+                )
+            })?;
+        Ok(())
+    }
+}
+
+fn task_json(identity: &ContainerIdentity) -> serde_json::Value {
+    let ecs = identity.ecs.as_ref();
+    serde_json::json!({
+        "task_id": ecs.and_then(|e| e.task_id.as_ref()).map(|t| t.as_str().to_owned()),
+        "task_arn": ecs.and_then(|e| e.task_arn.as_ref()).map(|t| t.as_str().to_owned()),
+        "family": ecs.and_then(|e| e.family.clone()),
+        "revision": ecs.and_then(|e| e.revision),
+        "cluster": ecs.and_then(|e| e.cluster.clone()),
+    })
+}
+
+fn load_record(dir: &Path) -> Result<UnitRecord, S3Error> {
+    let path = dir.join("state.json");
+    match std::fs::read(&path) {
+        Ok(bytes) => Ok(serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            warn!(path = %path.display(), error = %e, "Unreadable S3 unit state; starting it again.");
+            UnitRecord::default()
+        })),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(UnitRecord::default()),
+        Err(e) => Err(spool_err("read", &path)(e)),
+    }
+}
+
+fn save_record(dir: &Path, record: &UnitRecord) -> Result<(), S3Error> {
+    let path = dir.join("state.json");
+    let tmp = dir.join("state.json.tmp");
+    let body = serde_json::to_vec(record).unwrap_or_default();
+    std::fs::write(&tmp, body).map_err(spool_err("write", &tmp))?;
+    std::fs::rename(&tmp, &path).map_err(spool_err("rename", &tmp))
+}
+
+/// `sealed/<kind>/<name>` directories.
+fn sealed_units(root: &Path) -> Result<Vec<PathBuf>, S3Error> {
+    let mut out = Vec::new();
+    let Ok(kinds) = std::fs::read_dir(root) else {
+        return Ok(out);
+    };
+    for kind in kinds.flatten() {
+        let kind = kind.path();
+        let entries = std::fs::read_dir(&kind).map_err(spool_err("list", &kind))?;
+        for e in entries.flatten() {
+            if e.path().join("state.json").is_file() {
+                out.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The `chunk-NNNN` directories of a unit, oldest first.
+fn chunk_dirs(dir: &Path) -> Result<Vec<PathBuf>, S3Error> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(spool_err("list", dir))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_dir()
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("chunk-"))
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// Writes `chunk` as a gzip'd tar to `archive` (replacing a partial one from a crash).
+fn build_archive(chunk: &Path, archive: &Path) -> Result<(), S3Error> {
+    let file = std::fs::File::create(archive).map_err(spool_err("create", archive))?;
+    let gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
+    let mut tar = tar::Builder::new(gz);
+    tar.follow_symlinks(false);
+    tar.append_dir_all(".", chunk)
+        .map_err(spool_err("archive", chunk))?;
+    let gz = tar.into_inner().map_err(spool_err("archive", archive))?;
+    let file = gz.finish().map_err(spool_err("compress", archive))?;
+    file.sync_all().map_err(spool_err("sync", archive))
+}
+
+impl Sink for S3Sink {
+    fn name(&self) -> &'static str {
+        "s3"
+    }
+
+    fn send_batch<'a>(&'a mut self, batch: &'a Batch) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move {
+            self.spool.send_batch(batch).await?;
+            self.note_batch(batch);
+            // A chunk is cut as soon as it is full, not at the next sync, so chunks stay
+            // near `chunk_bytes` however fast lines come.
+            if self.units.values().any(|u| u.bytes >= self.chunk_bytes) {
+                self.spool.sync().await?;
+                self.seal_ready().await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn sync(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async move {
+            self.spool.sync().await?;
+            self.seal_ready().await?;
+            self.upload_sealed().await?;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_grow_within_the_limits() {
+        assert_eq!(part_size(1), MIN_PART_BYTES);
+        assert_eq!(part_size(16), MIN_PART_BYTES);
+        assert_eq!(part_size(17), 2 * MIN_PART_BYTES);
+        assert_eq!(part_size(10_000), MAX_PART_BYTES);
+        // 10,000 parts hold far more than any archive we make.
+        let total: u64 = (1..=10_000).map(|n| part_size(n) as u64).sum();
+        assert!(total > 500 * 1024 * 1024 * 1024);
+    }
+
+    #[test]
+    fn archives_hold_the_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let chunk = dir.path().join("chunk-0001");
+        std::fs::create_dir_all(chunk.join("app")).unwrap();
+        std::fs::write(chunk.join("app/stdout.log"), b"t one\nt two\n").unwrap();
+        let archive = dir.path().join("chunk-0001.tar.gz");
+        build_archive(&chunk, &archive).unwrap();
+        let gz = flate2::read::GzDecoder::new(std::fs::File::open(&archive).unwrap());
+        let mut tar = tar::Archive::new(gz);
+        let mut found = Vec::new();
+        for e in tar.entries().unwrap() {
+            let mut e = e.unwrap();
+            let mut s = String::new();
+            if e.header().entry_type().is_file() {
+                e.read_to_string(&mut s).unwrap();
+                found.push((e.path().unwrap().display().to_string(), s));
+            }
+        }
+        assert_eq!(
+            found,
+            [("app/stdout.log".to_owned(), "t one\nt two\n".to_owned())]
+        );
+    }
+}
