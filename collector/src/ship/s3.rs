@@ -208,8 +208,9 @@ impl S3Sink {
             containers: BTreeSet::new(),
         });
         u.containers.insert(name);
-        let ended = u.sources.entry(batch.source.key.clone()).or_insert(false);
-        *ended |= batch.last;
+        // The latest batch of a source says whether it has ended (a restarted container's
+        // source goes on).
+        u.sources.insert(batch.source.key.clone(), batch.last);
         u.bytes += batch.message_bytes() as u64 + 32 * batch.records.len() as u64;
         u.all_ended_since = if u.sources.values().all(|e| *e) {
             Some(Instant::now())
@@ -285,14 +286,17 @@ impl S3Sink {
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default();
                 let archive = dir.join(format!("{name}.tar.gz"));
-                let (c, a) = (chunk.clone(), archive.clone());
-                tokio::task::spawn_blocking(move || build_archive(&c, &a))
-                    .await
-                    .map_err(|_| S3Error::Spool {
-                        operation: "archive (task panicked)",
-                        path: chunk.clone(),
-                        source: std::io::Error::other("join"),
-                    })??;
+                // Built once (a sealed chunk never changes); a retried upload reuses it.
+                if !archive.is_file() {
+                    let (c, a) = (chunk.clone(), archive.clone());
+                    tokio::task::spawn_blocking(move || build_archive(&c, &a))
+                        .await
+                        .map_err(|_| S3Error::Spool {
+                            operation: "archive (task panicked)",
+                            path: chunk.clone(),
+                            source: std::io::Error::other("join"),
+                        })??;
+                }
                 let key = format!("{prefix}/{name}.tar.gz");
                 let bytes = self.upload_file(&archive, &key).await?;
                 record.uploaded.push(ChunkRecord { key, bytes });
@@ -515,9 +519,11 @@ fn chunk_dirs(dir: &Path) -> Result<Vec<PathBuf>, S3Error> {
     Ok(out)
 }
 
-/// Writes `chunk` as a gzip'd tar to `archive` (replacing a partial one from a crash).
+/// Writes `chunk` as a gzip'd tar to `archive`, through a temporary file renamed at the end,
+/// so an `archive` that exists is whole (a crash leaves only the temporary file, rebuilt).
 fn build_archive(chunk: &Path, archive: &Path) -> Result<(), S3Error> {
-    let file = std::fs::File::create(archive).map_err(spool_err("create", archive))?;
+    let tmp = archive.with_extension("gz.tmp");
+    let file = std::fs::File::create(&tmp).map_err(spool_err("create", &tmp))?;
     let gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
     let mut tar = tar::Builder::new(gz);
     tar.follow_symlinks(false);
@@ -525,7 +531,8 @@ fn build_archive(chunk: &Path, archive: &Path) -> Result<(), S3Error> {
         .map_err(spool_err("archive", chunk))?;
     let gz = tar.into_inner().map_err(spool_err("archive", archive))?;
     let file = gz.finish().map_err(spool_err("compress", archive))?;
-    file.sync_all().map_err(spool_err("sync", archive))
+    file.sync_all().map_err(spool_err("sync", archive))?;
+    std::fs::rename(&tmp, archive).map_err(spool_err("rename", &tmp))
 }
 
 impl Sink for S3Sink {
