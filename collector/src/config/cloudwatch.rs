@@ -31,7 +31,8 @@ pub struct CloudWatchSinkConfig {
     pub endpoint_url: Option<String>,
     /// The log group of a container's lines: a template over its identity (placeholders
     /// `{cluster}`, `{family}`, `{revision}`, `{task_id}`, `{container_name}`,
-    /// `{container_id}`, `{stream}`, `{file}`; an unknown value renders as `unknown`).
+    /// `{container_id}`, `{stream}`, `{file}`, and the host's `{instance_id}` and
+    /// `{availability_zone}` from IMDSv2; an unknown value renders as `unknown`).
     pub log_group: String,
     /// The log stream, a template like `log_group`. The default is the awslogs driver's
     /// `prefix/container-name/task-id` with the prefix `ecs`.

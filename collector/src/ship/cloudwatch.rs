@@ -26,6 +26,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
 use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
@@ -34,13 +35,13 @@ use aws_sdk_cloudwatchlogs::Client;
 use aws_sdk_cloudwatchlogs::types::InputLogEvent;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use futures_util::future::BoxFuture;
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 use super::cloudwatch_batch::{
     self, BuildStats, Event, InputRecord, Limits, Request, events_from_records,
     requests_from_events,
 };
-use super::naming::{NameContext, Template, sanitize_log_group, sanitize_log_stream};
+use super::naming::{HostFacts, NameContext, Template, sanitize_log_group, sanitize_log_stream};
 use super::{Sink, SinkError};
 use crate::batch::{Batch, SourceKind};
 use crate::config::CloudWatchSinkConfig;
@@ -120,6 +121,7 @@ pub struct CloudWatchSettings {
     create_group: bool,
     retention_days: Option<u32>,
     limits: Limits,
+    host: HostFacts,
 }
 
 impl CloudWatchSettings {
@@ -137,6 +139,7 @@ impl CloudWatchSettings {
             create_group: config.create_group,
             retention_days: config.retention_days,
             limits: Limits::with(config.max_event_bytes, config.retention_days),
+            host: HostFacts::default(),
         })
     }
 }
@@ -168,6 +171,61 @@ impl std::fmt::Debug for CloudWatchLogsSink {
     }
 }
 
+/// How long the instance metadata service may take, in all, at start.
+const IMDS_BUDGET: Duration = Duration::from_secs(3);
+
+/// The host's instance id and availability zone from IMDSv2 (`endpoint`: another address, for
+/// tests), within [`IMDS_BUDGET`]; none off EC2 or on any error (logged once): names then say
+/// `unknown`. Asked only when a template uses them and `AWS_EC2_METADATA_DISABLED` is not
+/// `true`.
+pub async fn host_facts(endpoint: Option<&str>) -> HostFacts {
+    let mut builder = aws_config::imds::Client::builder()
+        .connect_timeout(Duration::from_secs(1))
+        .read_timeout(Duration::from_secs(1))
+        .max_attempts(1);
+    if let Some(url) = endpoint {
+        builder = match builder.endpoint(url) {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(error = %e, "Bad instance metadata endpoint; host facts unknown.");
+                return HostFacts::default();
+            }
+        };
+    }
+    let client = builder.build();
+    let fetch = async {
+        let get = |path: &'static str| {
+            let client = client.clone();
+            async move {
+                client
+                    .get(path)
+                    .await
+                    .map(|v| v.as_ref().trim().to_owned())
+                    .map_err(|e| DisplayErrorContext(&e).to_string())
+            }
+        };
+        let id = get("/latest/meta-data/instance-id").await?;
+        let az = get("/latest/meta-data/placement/availability-zone").await?;
+        Ok::<_, String>(HostFacts {
+            instance_id: Some(id),
+            availability_zone: Some(az),
+        })
+    };
+    match tokio::time::timeout(IMDS_BUDGET, fetch).await {
+        Ok(Ok(facts)) => facts,
+        Ok(Err(e)) => {
+            warn!(error = %e, "No instance metadata (not on EC2?); {{instance_id}} and {{availability_zone}} render as unknown.");
+            HostFacts::default()
+        }
+        Err(_) => {
+            warn!(
+                "Instance metadata did not answer in time; {{instance_id}} and {{availability_zone}} render as unknown."
+            );
+            HostFacts::default()
+        }
+    }
+}
+
 /// The batches' key for [`Inflight`].
 fn key_of(batches: &[Arc<Batch>]) -> Vec<(String, u64)> {
     batches
@@ -183,7 +241,12 @@ impl CloudWatchLogsSink {
     /// # Errors
     /// A template that does not parse.
     pub async fn build(config: &CloudWatchSinkConfig) -> Result<Self, CloudWatchError> {
-        let settings = CloudWatchSettings::try_from_config(config)?;
+        let mut settings = CloudWatchSettings::try_from_config(config)?;
+        let imds_disabled = std::env::var("AWS_EC2_METADATA_DISABLED")
+            .is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+        if (settings.log_group.uses_host() || settings.log_stream.uses_host()) && !imds_disabled {
+            settings.host = host_facts(None).await;
+        }
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .retry_config(RetryConfig::standard().with_max_attempts(config.max_attempts))
             .timeout_config(
@@ -235,6 +298,7 @@ impl CloudWatchLogsSink {
                     identity: &batch.identity,
                     kind: &batch.source.kind,
                     stream,
+                    host: &self.settings.host,
                 };
                 Destination {
                     group: sanitize_log_group(&self.settings.log_group.render(&cx)).into(),
@@ -537,6 +601,8 @@ mod tests {
     use std::sync::Mutex;
     use std::sync::atomic::Ordering;
 
+    use std::time::Instant;
+
     use aws_sdk_cloudwatchlogs::config::{BehaviorVersion, Credentials, Region};
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
     use tokio::net::TcpListener;
@@ -690,6 +756,71 @@ mod tests {
         // Other batches start over.
         let other = vec![Arc::new(test_batch(&["again"], 3))];
         assert_eq!(sink.send_batches(&other).await.unwrap(), 1);
+    }
+
+    /// A fake IMDSv2 (token, then two paths) gives the host's facts; a closed port gives
+    /// none, within the budget.
+    #[tokio::test]
+    async fn host_facts_come_from_imdsv2() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            loop {
+                let (conn, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let (r, mut w) = conn.into_split();
+                    let mut r = BufReader::new(r);
+                    loop {
+                        let mut request = String::new();
+                        if r.read_line(&mut request).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let mut token = false;
+                        let mut line = String::new();
+                        loop {
+                            line.clear();
+                            if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line.trim().is_empty() {
+                                break;
+                            }
+                            token |= line
+                                .to_ascii_lowercase()
+                                .starts_with("x-aws-ec2-metadata-token: tok");
+                        }
+                        let (status, body) = match request.split_whitespace().nth(1).unwrap_or("") {
+                            "/latest/api/token" if request.starts_with("PUT") => (200, "tok"),
+                            _ if !token => (401, ""),
+                            "/latest/meta-data/instance-id" => (200, "i-0123456789"),
+                            "/latest/meta-data/placement/availability-zone" => (200, "eu-west-1b"),
+                            _ => (404, ""),
+                        };
+                        let reply = format!(
+                            "HTTP/1.1 {status} X\r\nx-aws-ec2-metadata-token-ttl-seconds: 21600\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if w.write_all(reply.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let facts = host_facts(Some(&url)).await;
+        assert_eq!(
+            facts,
+            HostFacts {
+                instance_id: Some("i-0123456789".to_owned()),
+                availability_zone: Some("eu-west-1b".to_owned()),
+            }
+        );
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let started = Instant::now();
+        assert_eq!(host_facts(Some(&url)).await, HostFacts::default());
+        assert!(started.elapsed() <= IMDS_BUDGET + Duration::from_secs(1));
     }
 
     /// Events the service lists in `rejectedLogEventsInfo` are counted as lost.

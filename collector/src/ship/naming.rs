@@ -5,8 +5,10 @@
 //! `{revision}`, `{task_id}`, `{container_name}` (task definition name, else Docker name,
 //! else short id), `{container_id}` (full), `{stream}` (`stdout`, `stderr`, `file` for a
 //! declared file, `lifecycle` for the collector's own records), `{file}` (a declared file's
-//! path inside the container, `-` otherwise). A value that is not known (a container outside
-//! ECS has no family) renders as `unknown`: never guessed, and never an empty name.
+//! path inside the container, `-` otherwise), `{instance_id}` and `{availability_zone}` (the
+//! EC2 host's, from IMDSv2 at start; see [`HostFacts`]). A value that is not known (a
+//! container outside ECS has no family; a host off EC2 has no instance id) renders as
+//! `unknown`: never guessed, and never an empty name.
 
 use crate::batch::SourceKind;
 use crate::identify::{ContainerIdentity, Group};
@@ -45,7 +47,18 @@ pub const PLACEHOLDERS: &[&str] = &[
     "container_id",
     "stream",
     "file",
+    "instance_id",
+    "availability_zone",
 ];
+
+/// Facts about the host, the same for every container: read once at start.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostFacts {
+    /// The EC2 instance id (`i-...`).
+    pub instance_id: Option<String>,
+    /// The EC2 availability zone (`eu-west-1a`).
+    pub availability_zone: Option<String>,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Var {
@@ -57,6 +70,8 @@ enum Var {
     ContainerId,
     Stream,
     File,
+    InstanceId,
+    AvailabilityZone,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,6 +96,8 @@ pub struct NameContext<'a> {
     pub kind: &'a SourceKind,
     /// stdout or stderr, for container output.
     pub stream: Option<StdStream>,
+    /// The host's facts.
+    pub host: &'a HostFacts,
 }
 
 impl Template {
@@ -112,6 +129,8 @@ impl Template {
                 "container_id" => Var::ContainerId,
                 "stream" => Var::Stream,
                 "file" => Var::File,
+                "instance_id" => Var::InstanceId,
+                "availability_zone" => Var::AvailabilityZone,
                 _ => {
                     return Err(NamingError::UnknownPlaceholder {
                         name: name.to_owned(),
@@ -131,6 +150,16 @@ impl Template {
     /// True when the name depends on the output stream (so stdout and stderr may differ).
     pub fn uses_stream(&self) -> bool {
         self.parts.contains(&Part::Var(Var::Stream))
+    }
+
+    /// True when the name uses a fact of the host (so IMDS must be asked at start).
+    pub fn uses_host(&self) -> bool {
+        self.parts.iter().any(|p| {
+            matches!(
+                p,
+                Part::Var(Var::InstanceId) | Part::Var(Var::AvailabilityZone)
+            )
+        })
     }
 
     /// The name for `cx`, unsanitised.
@@ -173,6 +202,8 @@ impl Template {
                                 .to_owned(),
                             _ => "-".to_owned(),
                         }),
+                        Var::InstanceId => cx.host.instance_id.clone(),
+                        Var::AvailabilityZone => cx.host.availability_zone.clone(),
                     };
                     match value {
                         Some(v) if !v.is_empty() => out.push_str(&v),
@@ -316,9 +347,29 @@ mod tests {
                 identity,
                 kind,
                 stream,
+                host: &HostFacts::default(),
             });
             assert_eq!(got, want, "{text}");
         }
+    }
+
+    #[test]
+    fn host_facts_render_when_known() {
+        let id = ecs_identity();
+        let t = Template::parse("{availability_zone}/{instance_id}/{family}").unwrap();
+        assert!(t.uses_host());
+        let host = HostFacts {
+            instance_id: Some("i-0abc".to_owned()),
+            availability_zone: Some("eu-west-1a".to_owned()),
+        };
+        let cx = |host| NameContext {
+            identity: &id,
+            kind: &SourceKind::ContainerOutput,
+            stream: None,
+            host,
+        };
+        assert_eq!(t.render(&cx(&host)), "eu-west-1a/i-0abc/web");
+        assert_eq!(t.render(&cx(&HostFacts::default())), "unknown/unknown/web");
     }
 
     #[test]
