@@ -6,6 +6,7 @@
 
 pub mod cloudwatch;
 pub mod names;
+pub mod s3;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};

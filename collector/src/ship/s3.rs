@@ -49,6 +49,7 @@ use super::{Sink, SinkError};
 use crate::batch::Batch;
 use crate::config::S3SinkConfig;
 use crate::identify::ContainerIdentity;
+use crate::internal_events::s3 as events;
 
 /// The smallest part of a multipart upload but the last
 /// (<https://docs.aws.amazon.com/AmazonS3/latest/userguide/qfacts.html>).
@@ -260,6 +261,11 @@ impl S3Sink {
                     to = dir.join(format!("{}x", to.display()));
                 }
                 std::fs::rename(&from, &to).map_err(spool_err("move", &from))?;
+                events::S3ChunkSealed {
+                    unit: &unit.to_string_lossy(),
+                    last: ended,
+                }
+                .emit();
             }
             save_record(&dir, &record)?;
             live.bytes = 0;
@@ -317,6 +323,7 @@ impl S3Sink {
                 self.put(&format!("{prefix}/manifest.json"), body).await?;
                 self.put(&format!("{prefix}/_COMPLETE"), Vec::new()).await?;
                 info!(unit = %unit, chunks = record.uploaded.len(), "Task archive complete in S3.");
+                events::S3TaskCompleted.emit();
                 std::fs::remove_dir_all(&dir).map_err(spool_err("remove", &dir))?;
             }
         }
@@ -333,6 +340,7 @@ impl S3Sink {
     }
 
     async fn put(&self, key: &str, body: Vec<u8>) -> Result<(), S3Error> {
+        let bytes = body.len() as u64;
         self.client
             .put_object()
             .bucket(&self.bucket)
@@ -341,6 +349,12 @@ impl S3Sink {
             .send()
             .await
             .map_err(|e| self.request_err("PutObject", key, DisplayErrorContext(&e).to_string()))?;
+        events::S3ObjectUploaded {
+            key,
+            bytes,
+            parts: 0,
+        }
+        .emit();
         Ok(())
     }
 
@@ -372,6 +386,14 @@ impl S3Sink {
             })?;
         let upload_id = created.upload_id().unwrap_or_default().to_owned();
         let result = self.upload_parts(&mut file, path, key, &upload_id).await;
+        if let Ok(parts) = result {
+            events::S3ObjectUploaded {
+                key,
+                bytes: size,
+                parts,
+            }
+            .emit();
+        }
         if result.is_err() {
             // Best effort: parts of an abandoned upload cost storage until aborted.
             let _ = self
@@ -383,7 +405,7 @@ impl S3Sink {
                 .send()
                 .await;
         }
-        result.map(|()| size)
+        result.map(|_| size)
     }
 
     async fn upload_parts(
@@ -392,7 +414,7 @@ impl S3Sink {
         path: &Path,
         key: &str,
         upload_id: &str,
-    ) -> Result<(), S3Error> {
+    ) -> Result<u64, S3Error> {
         let mut parts = Vec::new();
         let mut n: u32 = 1;
         loop {
@@ -430,6 +452,7 @@ impl S3Sink {
             }
             n += 1;
         }
+        let count = parts.len() as u64;
         self.client
             .complete_multipart_upload()
             .bucket(&self.bucket)
@@ -449,7 +472,7 @@ impl S3Sink {
                     DisplayErrorContext(&e).to_string(),
                 )
             })?;
-        Ok(())
+        Ok(count)
     }
 }
 

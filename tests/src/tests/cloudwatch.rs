@@ -43,7 +43,7 @@ fn moto_messages(moto: &Moto, group: &str, stream: &str) -> Result<Vec<String>> 
 }
 
 /// The collector's `/metrics`, as `name{labels}` -> value.
-fn metrics(collector: &CollectorProcess) -> Result<BTreeMap<String, f64>> {
+pub(super) fn metrics(collector: &CollectorProcess) -> Result<BTreeMap<String, f64>> {
     let socket = collector.data_dir().join("control.sock");
     let mut s =
         UnixStream::connect(&socket).with_context(|| format!("connect {}", socket.display()))?;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 
+use super::cloudwatch::metrics as collector_metrics;
 use crate::check::Check;
 use crate::{CollectorProcess, Moto, TestContainer, TestTask};
 
@@ -146,5 +147,12 @@ fn an_ended_task_is_archived_in_chunks_with_a_manifest_and_a_marker() -> Result<
         local.len()
     );
     ensure!(lifecycle, "no lifecycle.log in the archive");
+    let metrics = collector_metrics(&collector)?;
+    ensure!(
+        metrics.contains_key("collector_s3_multipart_parts_total")
+            && metrics["collector_s3_multipart_parts_total"] >= 2.0
+            && metrics["collector_s3_tasks_completed_total"] >= 1.0,
+        "S3 counters: {metrics:?}"
+    );
     Ok(())
 }
