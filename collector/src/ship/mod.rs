@@ -8,7 +8,8 @@
 //! at a time in one transaction.
 //!
 //! A failing or slow sink does not stop the others at once: they go on until the oldest
-//! batch it has not acknowledged is [`MAX_LAG_BATCHES`] behind the newest, then the shipper
+//! batch it has not acknowledged is [`MAX_LAG_BATCHES`] (or [`MAX_LAG_BYTES`] of log files)
+//! behind the newest, then the shipper
 //! stops taking batches (and the tailers wait, the files on disk being the buffer) until it
 //! catches up. So the lag, and the memory the batches in flight hold, are bounded; past the
 //! bound one sink's outage does hold back the others.
@@ -124,9 +125,13 @@ pub enum SinkRole {
 }
 
 /// How far (in batches) the fastest sink may run ahead of the slowest, and so how many
-/// batches are held in memory at most. A batch holds at most one tailer read (256 KiB by
-/// default) plus long lines, so the bound is some tens of MiB.
-pub const MAX_LAG_BATCHES: usize = 256;
+/// batches are held in memory at most (besides the tailers' channel). A batch holds at most
+/// one tailer read pass, so this and [`MAX_LAG_BYTES`] bound the memory the lag costs.
+pub const MAX_LAG_BATCHES: usize = 128;
+
+/// How many log file bytes the batches in flight may cover at most (see
+/// [`MAX_LAG_BATCHES`]).
+pub const MAX_LAG_BYTES: u64 = 64 * 1024 * 1024;
 
 /// How the shipper paces itself.
 #[derive(Clone, Debug)]
@@ -192,6 +197,7 @@ impl Shipper {
         // The batches taken and not yet acknowledged by every sink, oldest first; `base` is
         // the number of the first, `acked[i]` how many sink i took since the start.
         let mut inflight: VecDeque<Arc<Batch>> = VecDeque::new();
+        let mut inflight_bytes: u64 = 0;
         let mut base: u64 = 0;
         let mut acked: Vec<u64> = vec![0; queues.len()];
         let mut input_open = true;
@@ -210,6 +216,7 @@ impl Shipper {
                     break;
                 };
                 base += 1;
+                inflight_bytes -= batch_weight(&batch);
                 for o in &mut delivery_observers {
                     let _ = o.send_batch(&batch).await;
                 }
@@ -233,7 +240,9 @@ impl Shipper {
                         acked[i] += n;
                     }
                 }
-                b = rx.recv(), if input_open && inflight.len() < MAX_LAG_BATCHES => match b {
+                b = rx.recv(), if input_open
+                    && inflight.len() < MAX_LAG_BATCHES
+                    && inflight_bytes < MAX_LAG_BYTES => match b {
                     Some(batch) => {
                         for o in &mut read_observers {
                             let _ = o.send_batch(&batch).await;
@@ -244,6 +253,7 @@ impl Shipper {
                             // worker that is gone was aborted.
                             let _ = q.send(batch.clone()).await;
                         }
+                        inflight_bytes += batch_weight(&batch);
                         inflight.push_back(batch);
                     }
                     None => {
@@ -271,6 +281,12 @@ impl Shipper {
             );
         }
     }
+}
+
+/// What a batch counts for in [`MAX_LAG_BYTES`]: the log file bytes it covers, or its
+/// message bytes when more.
+fn batch_weight(batch: &Batch) -> u64 {
+    batch.ack.counters.bytes.max(batch.message_bytes() as u64)
 }
 
 /// One sink's task: takes batches from its queue, hands them to the sink (several at a time)
