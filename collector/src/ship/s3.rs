@@ -569,9 +569,16 @@ impl Sink for S3Sink {
             self.note_batch(batch);
             // A chunk is cut as soon as it is full, not at the next sync, so chunks stay
             // near `chunk_bytes` however fast lines come.
+            // The batch is in the spool whatever happens next: a failed seal is retried at the
+            // next sync rather than failing the batch (which would spool it twice).
             if self.units.values().any(|u| u.bytes >= self.chunk_bytes) {
-                self.spool.sync().await?;
-                self.seal_ready().await?;
+                let sealed = match self.spool.sync().await {
+                    Ok(()) => self.seal_ready().await.map_err(SinkError::from),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = sealed {
+                    warn!(error = %crate::internal_events::chain(&e), "Sealing an S3 chunk failed; retrying at the next sync.");
+                }
             }
             Ok(())
         })
