@@ -156,3 +156,64 @@ fn an_ended_task_is_archived_in_chunks_with_a_manifest_and_a_marker() -> Result<
     );
     Ok(())
 }
+
+/// S3 is down when a task ends: the archive waits in the spool, the uploads are retried, and
+/// once S3 is back (empty, like a new bucket) the whole archive arrives.
+#[test]
+fn an_archive_waits_out_an_s3_outage() -> Result<()> {
+    const N: usize = 2000;
+    let mut moto = Moto::start()?;
+    let bucket = "collector-outage";
+    moto.create_bucket(bucket)?;
+    let mut builder = CollectorProcess::builder();
+    for (k, v) in moto.collector_env_s3(bucket) {
+        builder = builder.env(k, v);
+    }
+    let mut collector = builder
+        .env("COLLECTOR_SINKS__S3__TASK_SETTLE", "1s")
+        .env("COLLECTOR_SINKS__S3__MAX_ATTEMPTS", "1")
+        .start()?;
+    moto.stop()?;
+    let task = TestTask::new("s3outage");
+    let container = TestContainer::builder()
+        .ecs(&task, "app")
+        .shell(crate::numbered_lines_script("s3 line", N, ""))
+        .start()?;
+    container.wait_exit(Duration::from_secs(60))?;
+    // Past the settle time, the uploads fail for a while.
+    std::thread::sleep(Duration::from_secs(8));
+    moto.restart()?;
+    moto.create_bucket(bucket)?;
+    let prefix = format!("collector/tasks/{}/", task.task_id);
+    let objects = collector.wait_until(
+        Duration::from_secs(60),
+        "the task's _COMPLETE marker in S3 after the outage",
+        || {
+            let objects = moto.list_objects(bucket, &prefix)?;
+            Ok(if objects.iter().any(|(k, _)| k.ends_with("/_COMPLETE")) {
+                Check::Done(objects)
+            } else {
+                Check::Waiting(format!("{objects:?}"))
+            })
+        },
+    )?;
+    let mut lines = Vec::new();
+    for (key, _) in objects.iter().filter(|(k, _)| k.ends_with(".tar.gz")) {
+        let dir = tempfile::tempdir()?;
+        untar(&moto.get_object(bucket, key)?, dir.path())?;
+        let text = std::fs::read_to_string(dir.path().join("app/stdout.log")).unwrap_or_default();
+        lines.extend(
+            text.lines()
+                .filter_map(|l| l.split_once(' ').map(|(_, m)| m.to_owned())),
+        );
+    }
+    crate::check::check_exactly_once(&lines, &crate::numbered("s3 line", N))?;
+    let metrics = collector_metrics(&collector)?;
+    ensure!(
+        metrics
+            .get("collector_sink_errors_total{sink=\"s3\"}")
+            .is_some_and(|v| *v >= 1.0),
+        "the outage left no failed upload in /metrics: {metrics:?}"
+    );
+    Ok(())
+}
