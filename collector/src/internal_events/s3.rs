@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tracing::info;
+use tracing::{info, warn};
 
 /// Chunks sealed from the spool.
 pub const CHUNKS_SEALED: &str = "collector_s3_chunks_sealed_total";
@@ -16,6 +16,8 @@ pub const BYTES_UPLOADED: &str = "collector_s3_uploaded_bytes_total";
 pub const PARTS_UPLOADED: &str = "collector_s3_multipart_parts_total";
 /// Tasks whose archive is complete (manifest and marker written).
 pub const TASKS_COMPLETED: &str = "collector_s3_tasks_completed_total";
+/// Upload passes that failed (each retried with backoff).
+pub const UPLOAD_ERRORS: &str = "collector_s3_upload_errors_total";
 
 /// The sink's counters.
 #[derive(Debug)]
@@ -30,6 +32,8 @@ pub struct S3Counters {
     pub parts: AtomicU64,
     /// See [`TASKS_COMPLETED`].
     pub tasks_completed: AtomicU64,
+    /// See [`UPLOAD_ERRORS`].
+    pub upload_errors: AtomicU64,
 }
 
 /// The counters.
@@ -39,6 +43,7 @@ pub static COUNTERS: S3Counters = S3Counters {
     bytes: AtomicU64::new(0),
     parts: AtomicU64::new(0),
     tasks_completed: AtomicU64::new(0),
+    upload_errors: AtomicU64::new(0),
 };
 
 /// A unit's spool was sealed into a chunk.
@@ -92,6 +97,22 @@ impl S3TaskCompleted {
     }
 }
 
+/// An upload pass failed; retried with backoff. Nothing is lost: the chunk stays sealed.
+pub struct S3UploadFailed<'a> {
+    /// The error.
+    pub error: &'a dyn std::error::Error,
+}
+
+impl S3UploadFailed<'_> {
+    /// Logs (the first few, then every 100th) and counts.
+    pub fn emit(self) {
+        let n = COUNTERS.upload_errors.fetch_add(1, Ordering::Relaxed);
+        if n < 10 || n.is_multiple_of(100) {
+            warn!(error = %super::chain(self.error), "S3 upload failed; retrying.");
+        }
+    }
+}
+
 /// Appends the sink's metrics in the Prometheus text format.
 pub fn render(out: &mut String) {
     let c = &COUNTERS;
@@ -116,6 +137,11 @@ pub fn render(out: &mut String) {
             TASKS_COMPLETED,
             "Task archives completed (manifest and marker written).",
             &c.tasks_completed,
+        ),
+        (
+            UPLOAD_ERRORS,
+            "S3 upload passes that failed (retried with backoff).",
+            &c.upload_errors,
         ),
     ] {
         let _ = writeln!(

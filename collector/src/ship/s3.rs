@@ -15,17 +15,17 @@
 //! the local sink; so S3 being down never holds back checkpoints, and the spool is the
 //! buffer. At each sync the sink seals what is ready, moving it to `<data_dir>/s3/sealed/`:
 //! a task whose every log source has ended (and stayed so for `task_settle`), or whose spool
-//! reached `chunk_bytes`. Then it uploads sealed chunks, oldest first: a `tar.gz` built on
+//! reached `chunk_bytes`. An uploader task of its own (so S3 never holds up batches) then
+//! uploads sealed chunks, oldest first: a `tar.gz` built on
 //! disk, sent with PutObject when small and otherwise as a multipart upload whose parts grow
 //! (5 MiB, the minimum for a non-final part, doubling every 16 parts up to 64 MiB, so memory
 //! stays bounded and 10,000 parts reach far beyond any archive). A chunk is deleted locally
-//! only after S3 has it; a failed upload is retried at the next sync, and sealed chunks left
-//! by a previous run are uploaded after a restart.
+//! only after S3 has it; a failed upload is retried with backoff, and sealed chunks left by a
+//! previous run are uploaded after a restart.
 //!
 //! Limits of this version: a task whose spool was left open by a previous run (the collector
 //! restarted between a task's end and its sealing) is sealed only when one of its sources
-//! sends again; and uploads run inside this sink's worker, so a large upload delays this
-//! sink's next batches (never the other sinks', within the shipper's lag).
+//! sends again; the spool is not bounded.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::Read as _;
@@ -41,6 +41,7 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_smithy_types::error::display::DisplayErrorContext;
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use super::file::FileSink;
@@ -115,18 +116,28 @@ struct ChunkRecord {
     bytes: u64,
 }
 
-/// `sealed/<unit>/state.json`: what survives a restart.
+/// `sealed/<unit>/meta.json`, written by the sink only (the uploader only reads it): what
+/// the manifest says of the unit, and whether its last chunk is sealed.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-struct UnitRecord {
-    uploaded: Vec<ChunkRecord>,
+struct UnitMeta {
     ended: bool,
     task: Option<serde_json::Value>,
     containers: BTreeSet<String>,
 }
 
+/// `sealed/<unit>/uploaded.json`, written by the uploader only: the chunks S3 has.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Uploaded {
+    chunks: Vec<ChunkRecord>,
+}
+
+/// The sink's and the uploader's files.
+const META: &str = "meta.json";
+/// See [`META`].
+const UPLOADED: &str = "uploaded.json";
+
 /// The S3 archive sink.
 pub struct S3Sink {
-    client: Client,
     bucket: String,
     key_prefix: String,
     chunk_bytes: u64,
@@ -135,7 +146,21 @@ pub struct S3Sink {
     sealed_root: PathBuf,
     spool: FileSink,
     units: HashMap<PathBuf, LiveUnit>,
+    /// Wakes the uploader when a chunk is sealed.
+    wake: Arc<Notify>,
 }
+
+/// Uploads sealed chunks in its own task, so a slow or failing S3 never holds up the sink's
+/// batches (they only need the spool).
+struct Uploader {
+    client: Client,
+    bucket: String,
+    key_prefix: String,
+    sealed_root: PathBuf,
+}
+
+/// Longest wait between two passes of the uploader (retries, chunks left by a previous run).
+const UPLOAD_RESCAN: Duration = Duration::from_secs(30);
 
 impl std::fmt::Debug for S3Sink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -183,19 +208,29 @@ impl S3Sink {
         Self::with_client(Client::from_conf(s3), config, spool_dir)
     }
 
-    /// A sink over a ready client.
+    /// A sink over a ready client; starts its uploader task (which first uploads what a
+    /// previous run left sealed).
     pub fn with_client(client: Client, config: &S3SinkConfig, spool_dir: PathBuf) -> Self {
         let live_root = spool_dir.join("live");
-        Self {
+        let sealed_root = spool_dir.join("sealed");
+        let wake = Arc::new(Notify::new());
+        let uploader = Uploader {
             client,
+            bucket: config.bucket.clone(),
+            key_prefix: config.key_prefix.clone(),
+            sealed_root: sealed_root.clone(),
+        };
+        tokio::spawn(uploader.run(wake.clone()));
+        Self {
             bucket: config.bucket.clone(),
             key_prefix: config.key_prefix.clone(),
             chunk_bytes: config.chunk_bytes,
             task_settle: config.task_settle,
             spool: FileSink::new(live_root.clone()),
             live_root,
-            sealed_root: spool_dir.join("sealed"),
+            sealed_root,
             units: HashMap::new(),
+            wake,
         }
     }
 
@@ -244,7 +279,7 @@ impl S3Sink {
             };
             let dir = self.sealed_root.join(&unit);
             std::fs::create_dir_all(&dir).map_err(spool_err("create", &dir))?;
-            let mut record = load_record(&dir)?;
+            let mut record: UnitMeta = load_json(&dir, META)?;
             record.ended = ended;
             record.containers.extend(live.containers.iter().cloned());
             record.task = Some(task_json(&live.identity));
@@ -267,7 +302,9 @@ impl S3Sink {
                 }
                 .emit();
             }
-            save_record(&dir, &record)?;
+            // After the chunk is in place: an uploader that reads `ended` finds the last chunk.
+            save_json(&dir, META, &record)?;
+            self.wake.notify_one();
             live.bytes = 0;
             if ended {
                 self.units.remove(&unit);
@@ -275,9 +312,34 @@ impl S3Sink {
         }
         Ok(())
     }
+}
+
+impl Uploader {
+    /// Uploads whenever woken, and every [`UPLOAD_RESCAN`]; after a failure, again with a
+    /// backoff (1 s doubling to 30 s). Runs until the process ends: an upload cut short then
+    /// is done again at the next start (the chunk stays sealed until S3 has it).
+    async fn run(self, wake: Arc<Notify>) {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            match self.upload_sealed().await {
+                Ok(()) => {
+                    backoff = Duration::from_secs(1);
+                    tokio::select! {
+                        _ = wake.notified() => {}
+                        _ = tokio::time::sleep(UPLOAD_RESCAN) => {}
+                    }
+                }
+                Err(e) => {
+                    events::S3UploadFailed { error: &e }.emit();
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(UPLOAD_RESCAN);
+                }
+            }
+        }
+    }
 
     /// Uploads every sealed chunk, and the manifest and marker of ended units.
-    async fn upload_sealed(&mut self) -> Result<(), S3Error> {
+    async fn upload_sealed(&self) -> Result<(), S3Error> {
         for dir in sealed_units(&self.sealed_root)? {
             let unit = dir
                 .strip_prefix(&self.sealed_root)
@@ -285,7 +347,7 @@ impl S3Sink {
                 .to_string_lossy()
                 .into_owned();
             let prefix = format!("{}{unit}", self.key_prefix);
-            let mut record = load_record(&dir)?;
+            let mut uploaded: Uploaded = load_json(&dir, UPLOADED)?;
             for chunk in chunk_dirs(&dir)? {
                 let name = chunk
                     .file_name()
@@ -305,26 +367,40 @@ impl S3Sink {
                 }
                 let key = format!("{prefix}/{name}.tar.gz");
                 let bytes = self.upload_file(&archive, &key).await?;
-                record.uploaded.push(ChunkRecord { key, bytes });
-                save_record(&dir, &record)?;
+                uploaded.chunks.push(ChunkRecord { key, bytes });
+                save_json(&dir, UPLOADED, &uploaded)?;
                 std::fs::remove_dir_all(&chunk).map_err(spool_err("remove", &chunk))?;
                 std::fs::remove_file(&archive).map_err(spool_err("remove", &archive))?;
             }
-            if record.ended {
+            // Read after the uploads: the sink writes `ended` once the last chunk is in place,
+            // so a unit is complete when it says so and no chunk is left (a chunk sealed
+            // meanwhile waits for the next pass, which the sink's wake-up starts).
+            let meta: UnitMeta = load_json(&dir, META)?;
+            if meta.ended && chunk_dirs(&dir)?.is_empty() {
                 let manifest = serde_json::json!({
                     "unit": unit,
-                    "task": record.task,
-                    "containers": record.containers,
-                    "chunks": record.uploaded,
+                    "task": meta.task,
+                    "containers": meta.containers,
+                    "chunks": uploaded.chunks,
                     "completed_at": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
                     "collector_version": env!("CARGO_PKG_VERSION"),
                 });
                 let body = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
                 self.put(&format!("{prefix}/manifest.json"), body).await?;
                 self.put(&format!("{prefix}/_COMPLETE"), Vec::new()).await?;
-                info!(unit = %unit, chunks = record.uploaded.len(), "Task archive complete in S3.");
+                info!(unit = %unit, chunks = uploaded.chunks.len(), "Task archive complete in S3.");
                 events::S3TaskCompleted.emit();
-                std::fs::remove_dir_all(&dir).map_err(spool_err("remove", &dir))?;
+                // Only what this pass knows: a chunk the sink sealed meanwhile (a late line of
+                // the unit) stays, with the directory, for the next pass.
+                for name in [UPLOADED, META] {
+                    let path = dir.join(name);
+                    if let Err(e) = std::fs::remove_file(&path)
+                        && e.kind() != std::io::ErrorKind::NotFound
+                    {
+                        return Err(spool_err("remove", &path)(e));
+                    }
+                }
+                let _ = std::fs::remove_dir(&dir);
             }
         }
         Ok(())
@@ -487,27 +563,31 @@ fn task_json(identity: &ContainerIdentity) -> serde_json::Value {
     })
 }
 
-fn load_record(dir: &Path) -> Result<UnitRecord, S3Error> {
-    let path = dir.join("state.json");
+fn load_json<T: Default + serde::de::DeserializeOwned>(
+    dir: &Path,
+    name: &str,
+) -> Result<T, S3Error> {
+    let path = dir.join(name);
     match std::fs::read(&path) {
         Ok(bytes) => Ok(serde_json::from_slice(&bytes).unwrap_or_else(|e| {
             warn!(path = %path.display(), error = %e, "Unreadable S3 unit state; starting it again.");
-            UnitRecord::default()
+            T::default()
         })),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(UnitRecord::default()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
         Err(e) => Err(spool_err("read", &path)(e)),
     }
 }
 
-fn save_record(dir: &Path, record: &UnitRecord) -> Result<(), S3Error> {
-    let path = dir.join("state.json");
-    let tmp = dir.join("state.json.tmp");
-    let body = serde_json::to_vec(record).unwrap_or_default();
+/// Writes through a temporary file and a rename, so a reader sees the old or the new state.
+fn save_json<T: Serialize>(dir: &Path, name: &str, value: &T) -> Result<(), S3Error> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let body = serde_json::to_vec(value).unwrap_or_default();
     std::fs::write(&tmp, body).map_err(spool_err("write", &tmp))?;
     std::fs::rename(&tmp, &path).map_err(spool_err("rename", &tmp))
 }
 
-/// `sealed/<kind>/<name>` directories.
+/// `sealed/<kind>/<name>` directories (units with sealed chunks or state).
 fn sealed_units(root: &Path) -> Result<Vec<PathBuf>, S3Error> {
     let mut out = Vec::new();
     let Ok(kinds) = std::fs::read_dir(root) else {
@@ -517,7 +597,7 @@ fn sealed_units(root: &Path) -> Result<Vec<PathBuf>, S3Error> {
         let kind = kind.path();
         let entries = std::fs::read_dir(&kind).map_err(spool_err("list", &kind))?;
         for e in entries.flatten() {
-            if e.path().join("state.json").is_file() {
+            if e.path().is_dir() {
                 out.push(e.path());
             }
         }
@@ -588,7 +668,6 @@ impl Sink for S3Sink {
         Box::pin(async move {
             self.spool.sync().await?;
             self.seal_ready().await?;
-            self.upload_sealed().await?;
             Ok(())
         })
     }

@@ -211,7 +211,7 @@ fn an_archive_waits_out_an_s3_outage() -> Result<()> {
     let metrics = collector_metrics(&collector)?;
     ensure!(
         metrics
-            .get("collector_sink_errors_total{sink=\"s3\"}")
+            .get("collector_s3_upload_errors_total")
             .is_some_and(|v| *v >= 1.0),
         "the outage left no failed upload in /metrics: {metrics:?}"
     );
