@@ -13,7 +13,8 @@
 //! How: a batch is acknowledged once its lines are in a local spool
 //! (`<data_dir>/s3/live/`, the local directory sink's layout and line format), synced like
 //! the local sink; so S3 being down never holds back checkpoints, and the spool is the
-//! buffer. At each sync the sink seals what is ready, moving it to `<data_dir>/s3/sealed/`:
+//! buffer. At each sync (and at once when a spool is full) the sink seals what is ready,
+//! moving it to `<data_dir>/s3/sealed/`:
 //! a task whose every log source has ended (and stayed so for `task_settle`), or whose spool
 //! reached `chunk_bytes`. An uploader task of its own (so S3 never holds up batches) then
 //! uploads sealed chunks, oldest first: a `tar.gz` built on
