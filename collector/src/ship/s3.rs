@@ -24,9 +24,9 @@
 //! only after S3 has it; a failed upload is retried with backoff, and sealed chunks left by a
 //! previous run are uploaded after a restart.
 //!
-//! Limits of this version: a task whose spool was left open by a previous run (the collector
-//! restarted between a task's end and its sealing) is sealed only when one of its sources
-//! sends again; the spool is not bounded.
+//! Limits of this version: what a previous run spooled and did not seal is sealed and
+//! uploaded at start, but whether its task has ended is not known then, so its manifest and
+//! marker come only if a source of the task sends again; the spool is not bounded.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::Read as _;
@@ -214,6 +214,7 @@ impl S3Sink {
     pub fn with_client(client: Client, config: &S3SinkConfig, spool_dir: PathBuf) -> Self {
         let live_root = spool_dir.join("live");
         let sealed_root = spool_dir.join("sealed");
+        seal_leftovers(&live_root, &sealed_root);
         let wake = Arc::new(Notify::new());
         let uploader = Uploader {
             client,
@@ -553,6 +554,42 @@ impl Uploader {
     }
 }
 
+/// Seals, as chunks that are not the last, what a previous run spooled and did not seal, so it
+/// is uploaded rather than left on disk. (Whether those tasks have ended is not known here;
+/// their manifest follows when a source of theirs sends again.) Best effort: failures are
+/// logged, the spool stays for the next start.
+fn seal_leftovers(live_root: &Path, sealed_root: &Path) {
+    let Ok(kinds) = std::fs::read_dir(live_root) else {
+        return;
+    };
+    for kind in kinds.flatten() {
+        let Ok(units) = std::fs::read_dir(kind.path()) else {
+            continue;
+        };
+        for unit in units.flatten() {
+            let from = unit.path();
+            let Ok(rel) = from.strip_prefix(live_root) else {
+                continue;
+            };
+            let dir = sealed_root.join(rel);
+            let ms = SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis();
+            let to = dir.join(format!("chunk-{ms:013}"));
+            let moved = std::fs::create_dir_all(&dir).and_then(|()| std::fs::rename(&from, &to));
+            match moved {
+                Ok(()) => {
+                    info!(unit = %rel.display(), "S3 spool left by a previous run sealed for upload.")
+                }
+                Err(e) => {
+                    warn!(path = %from.display(), error = %e, "Cannot seal an S3 spool left by a previous run.")
+                }
+            }
+        }
+    }
+}
+
 fn task_json(identity: &ContainerIdentity) -> serde_json::Value {
     let ecs = identity.ecs.as_ref();
     serde_json::json!({
@@ -677,6 +714,28 @@ impl Sink for S3Sink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A spool left by a previous run is sealed at start (and so uploaded), not left behind.
+    #[tokio::test]
+    async fn leftovers_of_a_previous_run_are_sealed_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("live/tasks/abc/app");
+        std::fs::create_dir_all(&live).unwrap();
+        std::fs::write(live.join("stdout.log"), b"t x\n").unwrap();
+        let conf = aws_sdk_s3::Config::builder()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .build();
+        let _sink = S3Sink::with_client(
+            Client::from_conf(conf),
+            &S3SinkConfig::default(),
+            dir.path().to_owned(),
+        );
+        assert!(!dir.path().join("live/tasks/abc").exists());
+        let chunks = chunk_dirs(&dir.path().join("sealed/tasks/abc")).unwrap();
+        assert_eq!(chunks.len(), 1);
+        assert!(chunks[0].join("app/stdout.log").is_file());
+    }
 
     #[test]
     fn parts_grow_within_the_limits() {
