@@ -328,12 +328,8 @@ impl Worker {
                 match self.sink.send_batches(&pending[done..]).await {
                     // Taking none would never end: count it as one (a sink's bug, not data).
                     Ok(n) => {
-                        let n = n.clamp(1, pending.len() - done);
-                        done += n;
+                        done += n.clamp(1, pending.len() - done);
                         backoff = Duration::from_millis(100);
-                        if self.done.send((self.index, n as u64)).await.is_err() {
-                            return;
-                        }
                     }
                     Err(e) => {
                         internal_events::SinkSendError {
@@ -348,6 +344,16 @@ impl Worker {
                         backoff = (backoff * 2).min(Duration::from_secs(10));
                     }
                 }
+            }
+            // One report per group, so the shipper commits once per group (a SQLite
+            // transaction per batch would cost more than the batches).
+            if self
+                .done
+                .send((self.index, pending.len() as u64))
+                .await
+                .is_err()
+            {
+                return;
             }
             pending.clear();
             if last_sync.elapsed() >= self.settings.sync_interval {
