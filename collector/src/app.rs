@@ -42,6 +42,7 @@ use crate::discover::{ContainerEvent, DiscoverySource, Sighting};
 use crate::identify::cgroup::{self, CgroupLayout};
 use crate::identify::ecs_agent::EcsAgentClient;
 use crate::inventory::Inventory;
+use crate::ship::cloudwatch::{CloudWatchError, CloudWatchLogsSink};
 use crate::ship::discard::DiscardSink;
 use crate::ship::file::FileSink;
 use crate::ship::{Shipper, ShipperSettings, Sink};
@@ -62,6 +63,9 @@ pub enum AppError {
     /// The control socket cannot be served (another daemon has it, or it cannot be created).
     #[error(transparent)]
     Control(#[from] ControlError),
+    /// The CloudWatch Logs sink's settings are not usable.
+    #[error(transparent)]
+    CloudWatch(#[from] CloudWatchError),
     /// The data directory cannot be created.
     #[error("cannot create {path}")]
     CreateDir {
@@ -132,6 +136,26 @@ impl App {
         }
         if config.sinks.discard.enabled {
             let sink = CountingSink::new(Box::new(DiscardSink::default()), "(dropped)".to_owned());
+            sink_stats.push(sink.stats());
+            sinks.push(Box::new(sink));
+        }
+        if config.sinks.cloudwatch.enabled {
+            let cw = &config.sinks.cloudwatch;
+            let location = match &cw.endpoint_url {
+                Some(url) => format!("CloudWatch Logs at {url}"),
+                None => "CloudWatch Logs".to_owned(),
+            };
+            let sink = CountingSink::new(Box::new(CloudWatchLogsSink::build(cw).await?), location);
+            sink_stats.push(sink.stats());
+            sinks.push(Box::new(sink));
+        }
+        if config.sinks.s3.enabled {
+            let s3 = &config.sinks.s3;
+            let sink = crate::ship::s3::S3Sink::build(s3, config.data_dir.join("s3")).await;
+            let sink = CountingSink::new(
+                Box::new(sink),
+                format!("s3://{}/{}", s3.bucket, s3.key_prefix),
+            );
             sink_stats.push(sink.stats());
             sinks.push(Box::new(sink));
         }

@@ -15,6 +15,8 @@
 //!   server standing in for the ECS agent's introspection API.
 //! - [`collector`]: [`CollectorProcess`], the binary under test with its config, data dir
 //!   and captured stderr.
+//! - [`moto`]: [`Moto`], a moto server per test standing in for CloudWatch Logs, and reading
+//!   back what reached it.
 //! - [`sink`]: reads what the local directory sink wrote.
 //! - [`check`]: polling with clear timeouts, and the exactly-once and at-least-once checks.
 //! - [`time`]: RFC 3339 timestamps as Docker writes them.
@@ -24,6 +26,7 @@ pub mod check;
 pub mod collector;
 pub mod docker;
 pub mod ecs_agent;
+pub mod moto;
 pub mod sink;
 pub mod time;
 
@@ -38,6 +41,7 @@ pub use check::{Check, check_at_least_once_in_order, check_exactly_once, wait_un
 pub use collector::{CollectorBuilder, CollectorProcess, Expect, collector_bin};
 pub use docker::{ContainerBuilder, TEST_IMAGE, TestContainer, docker, docker_host};
 pub use ecs_agent::{FakeEcsAgent, TestTask};
+pub use moto::{LogEvent, Moto};
 pub use sink::{Sink, SinkLine, messages};
 
 /// The workspace root (the parent of this crate's directory).

@@ -11,6 +11,7 @@
 mod bench;
 mod cmd;
 mod docker;
+mod moto;
 mod run;
 mod test;
 mod workspace;

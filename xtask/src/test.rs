@@ -3,15 +3,16 @@
 //!
 //! Steps, each skipped when already done: install `docker.io`, `busybox-static`, `clang`
 //! (the collector's eBPF programs are compiled with it) and `carbon-c-relay` (the metrics
-//! tests' upstream); start the Docker daemon; build the
-//! test image; remove containers earlier runs left; build the collector; then
+//! tests' upstream); start the Docker daemon; build the test image; remove containers earlier
+//! runs left; install the moto server in a virtualenv (`moto.rs`, for the AWS sink tests);
+//! build the collector; then
 //! `cargo test --workspace --all-targets --no-fail-fast`, whose exit status is ours.
 
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 
-use crate::{cmd, docker, workspace};
+use crate::{cmd, docker, moto, workspace};
 
 /// Options of `cargo xtask test`.
 #[derive(Debug, clap::Args)]
@@ -32,6 +33,7 @@ pub(crate) fn test(options: &Options) -> Result<ExitCode> {
         .context("starting the Docker daemon")?;
     docker::ensure_image(docker::TEST_IMAGE).context("building the test image")?;
     docker::remove_leftover_containers().context("removing leftover test containers")?;
+    let moto_server = moto::ensure_moto(&target).context("installing moto")?;
 
     println!("xtask: cargo build -p collector");
     cmd::run(workspace::cargo().args(["build", "-p", "collector"]))?;
@@ -44,7 +46,9 @@ pub(crate) fn test(options: &Options) -> Result<ExitCode> {
         .args(["test", "--workspace", "--all-targets", "--no-fail-fast"])
         // Nothing in a test may wait for the EC2 instance metadata service.
         .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("COLLECTOR_BIN", &collector);
+        .env("COLLECTOR_BIN", &collector)
+        // The AWS sink tests start one moto server each (CloudWatch Logs and S3 stand-in).
+        .env("COLLECTOR_TEST_MOTO", &moto_server);
     if !options.test_args.is_empty() {
         cargo_test.arg("--").args(&options.test_args);
     }

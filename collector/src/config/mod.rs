@@ -6,7 +6,9 @@
 //! keys anywhere are an error that names the key. The `///` comments on the fields below are
 //! the reference documentation (`docs/configuration.md` mirrors them).
 
+mod cloudwatch;
 mod paths;
+mod s3;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,7 +17,9 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+pub use cloudwatch::{CloudWatchSinkConfig, RETENTION_DAYS};
 pub use paths::HostConfig;
+pub use s3::S3SinkConfig;
 
 /// The configuration file read when none is named and it exists.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/collector/config.toml";
@@ -265,6 +269,10 @@ pub struct SinksConfig {
     pub file: FileSinkConfig,
     /// The discard sink: accepts and drops everything (benchmarks, dry runs).
     pub discard: DiscardSinkConfig,
+    /// CloudWatch Logs (`ship::cloudwatch`).
+    pub cloudwatch: CloudWatchSinkConfig,
+    /// S3 task archives (`ship::s3`).
+    pub s3: S3SinkConfig,
 }
 
 impl Default for SinksConfig {
@@ -272,6 +280,8 @@ impl Default for SinksConfig {
         Self {
             file: FileSinkConfig::default(),
             discard: DiscardSinkConfig { enabled: false },
+            cloudwatch: CloudWatchSinkConfig::default(),
+            s3: S3SinkConfig::default(),
         }
     }
 }
@@ -423,9 +433,15 @@ impl Config {
         if self.discovery.rescan_interval < Duration::from_millis(100) {
             return bad("discovery.rescan_interval", "must be at least 100ms");
         }
-        if !self.sinks.file.enabled && !self.sinks.discard.enabled {
+        if !self.sinks.file.enabled
+            && !self.sinks.discard.enabled
+            && !self.sinks.cloudwatch.enabled
+            && !self.sinks.s3.enabled
+        {
             return bad("sinks", "at least one sink must be enabled");
         }
+        self.sinks.cloudwatch.validate()?;
+        self.sinks.s3.validate()?;
         if self.data_dir.as_os_str().is_empty() {
             return bad("data_dir", "must not be empty");
         }

@@ -229,6 +229,12 @@ pub fn render_metrics(view: &InventoryView, sinks: &[Arc<SinkStats>], uptime: Du
         1,
     );
     crate::metrics::events::render(&mut e.out);
+    if sinks.iter().any(|s| s.name == "cloudwatch") {
+        crate::internal_events::cloudwatch::render(&mut e.out);
+    }
+    if sinks.iter().any(|s| s.name == "s3") {
+        crate::internal_events::s3::render(&mut e.out);
+    }
     e.out
 }
 

@@ -27,7 +27,7 @@ use super::view::InventoryView;
 use crate::batch::{Batch, SourceInfo};
 use crate::identify::ContainerIdentity;
 use crate::internal_events;
-use crate::ship::{Sink, SinkError};
+use crate::ship::{Sink, SinkError, SinkRole};
 use crate::tail::StdStream;
 
 /// Batches a `collector tail` reader may fall behind before it loses some.
@@ -40,6 +40,10 @@ pub struct ReadTap;
 impl Sink for ReadTap {
     fn name(&self) -> &'static str {
         "read_tap"
+    }
+
+    fn role(&self) -> SinkRole {
+        SinkRole::ReadObserver
     }
 
     fn send_batch<'a>(&'a mut self, batch: &'a Batch) -> BoxFuture<'a, Result<(), SinkError>> {
@@ -101,6 +105,10 @@ impl DeliveryTap {
 impl Sink for DeliveryTap {
     fn name(&self) -> &'static str {
         "delivery_tap"
+    }
+
+    fn role(&self) -> SinkRole {
+        SinkRole::DeliveryObserver
     }
 
     fn send_batch<'a>(&'a mut self, batch: &'a Batch) -> BoxFuture<'a, Result<(), SinkError>> {
@@ -230,6 +238,32 @@ impl Sink for CountingSink {
                         .bytes
                         .fetch_add(batch.message_bytes() as u64, Ordering::Relaxed);
                     stats.batches.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => stats.failed(e),
+            }
+            result
+        })
+    }
+
+    fn send_batches<'a>(
+        &'a mut self,
+        batches: &'a [Arc<Batch>],
+    ) -> BoxFuture<'a, Result<usize, SinkError>> {
+        let sent = self.inner.send_batches(batches);
+        let stats = &self.stats;
+        Box::pin(async move {
+            let result = sent.await;
+            match &result {
+                Ok(n) => {
+                    for batch in &batches[..(*n).min(batches.len())] {
+                        stats
+                            .records
+                            .fetch_add(batch.records.len() as u64, Ordering::Relaxed);
+                        stats
+                            .bytes
+                            .fetch_add(batch.message_bytes() as u64, Ordering::Relaxed);
+                        stats.batches.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 Err(e) => stats.failed(e),
             }

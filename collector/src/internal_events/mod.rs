@@ -4,7 +4,9 @@
 //! their names follow `collector_<name>[_<unit>]_total` and live in [`names`]. Labels are
 //! low-cardinality only: never a container id or task ARN (those go in the log line).
 
+pub mod cloudwatch;
 pub mod names;
+pub mod s3;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};

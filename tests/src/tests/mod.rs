@@ -8,6 +8,7 @@
 
 mod harness;
 
+mod cloudwatch;
 mod corrupt_input;
 mod docker_unreachable;
 mod ebpf;
@@ -18,6 +19,7 @@ mod long_line;
 mod metrics;
 mod no_config;
 mod rotation;
+mod s3;
 mod short_lived;
 mod sigterm;
 

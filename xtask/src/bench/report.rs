@@ -292,7 +292,12 @@ impl Report {
         // The default mode (every source but eBPF) and the eBPF mode have targets; the
         // single-source modes are for comparison.
         for (ebpf, what, limit, bound) in [
-            (false, "discovery latency, p99, without eBPF", "< 250 ms", 250.0),
+            (
+                false,
+                "discovery latency, p99, without eBPF",
+                "< 250 ms",
+                250.0,
+            ),
             (true, "discovery latency, p99, with eBPF", "< 50 ms", 50.0),
         ] {
             if let Some(d) = self.discovery.iter().find(|d| d.ebpf == ebpf)
