@@ -1,5 +1,5 @@
-//! Throughput of the hot path: line framing, log format decoding into batches, and the
-//! local directory sink's formatting and writing.
+//! Throughput of the hot paths: line framing, log format decoding into batches, the local
+//! directory sink's formatting and writing, CloudWatch request building, Graphite parsing.
 //!
 //! The inputs are generated (deterministically) to look like real container logs: lines of
 //! about 100 to 300 bytes, a mix of stdout and stderr, some messages with characters Docker
@@ -512,6 +512,81 @@ fn benches(c: &mut Criterion<ThreadCpuTime>) {
     g.finish();
 
     bench_file_sink(c, &mixed);
+    bench_cloudwatch(c, &mixed);
+    bench_graphite_parse(c);
+}
+
+/// Records of decoded batches into PutLogEvents requests (UTF-8 check, time parse, window
+/// clamp, sort, cut by every limit), per byte of log text: the target is 300 MB/s per core.
+fn bench_cloudwatch(c: &mut Criterion<ThreadCpuTime>, input: &[u8]) {
+    use collector::ship::cloudwatch_batch::{
+        BuildStats, InputRecord, Limits, events_from_records, requests_from_events,
+    };
+    let batches = batches_of(input);
+    let text: usize = batches.iter().map(LogRecords::message_bytes).sum();
+    let limits = Limits::default();
+    // "Now" just after the generated times, so nothing is clamped as too old.
+    let now_ms = batches
+        .iter()
+        .flat_map(|b| b.iter())
+        .filter_map(|r| collector::ship::cloudwatch_batch::parse_time_ms(r.time))
+        .max()
+        .unwrap_or(0)
+        + 1000;
+    let mut g = c.benchmark_group("cloudwatch");
+    g.throughput(Throughput::Bytes(text as u64));
+    g.bench_function("requests/docker_json/mixed", |b| {
+        b.iter(|| {
+            let mut stats = BuildStats::default();
+            let mut events = Vec::new();
+            for batch in &batches {
+                events_from_records(
+                    batch.iter().map(|r| InputRecord {
+                        time: r.time,
+                        message: r.message,
+                        continued: r.split,
+                    }),
+                    now_ms,
+                    &limits,
+                    &mut stats,
+                    &mut events,
+                );
+            }
+            black_box(requests_from_events(events, &limits).len())
+        });
+    });
+    g.finish();
+}
+
+/// Graphite plaintext lines parsed per CPU-second (the ingest target is a million samples per
+/// second per core, of which parsing is one part).
+fn bench_graphite_parse(c: &mut Criterion<ThreadCpuTime>) {
+    use collector::metrics::parse::{ParseSettings, parse_line};
+    let now = 1_790_000_000;
+    let lines: Vec<String> = (0..10_000)
+        .map(|i| {
+            format!(
+                "app.service{}.requests.latency_ms.p{} {}.{} {}",
+                i % 17,
+                i % 100,
+                i * 7 % 1000,
+                i % 10,
+                now - i64::from(i % 60)
+            )
+        })
+        .collect();
+    let settings = ParseSettings::default();
+    let mut g = c.benchmark_group("graphite");
+    g.throughput(Throughput::Elements(lines.len() as u64));
+    g.bench_function("parse_line", |b| {
+        b.iter(|| {
+            lines
+                .iter()
+                .filter(|l| parse_line(black_box(l.as_bytes()), now, &settings).is_ok())
+                .count()
+        })
+    });
+    g.finish();
 }
 
 /// The benchmark group; written out rather than with `criterion_group!`, whose generated
