@@ -212,21 +212,28 @@ impl DockerApi {
         })
     }
 
+    /// `GET /containers/json`, with stopped containers when `all`.
+    async fn list_containers(
+        &self,
+        all: bool,
+    ) -> Result<Vec<bollard::models::ContainerSummary>, DockerApiError> {
+        let docker = self.client().await?;
+        let options = ListContainersOptionsBuilder::new().all(all).build();
+        self.bounded("list", docker.list_containers(Some(options)))
+            .await?
+            .map_err(|source| {
+                self.note_failure(&source);
+                DockerApiError::ListContainers { source }
+            })
+    }
+
     /// Ids of all containers, running or not (`GET /containers/json?all=1`). Ids that are not
     /// container ids are skipped with a log line.
     ///
     /// # Errors
     /// Connection, timeout and API errors.
     pub async fn list_ids(&self) -> Result<Vec<ContainerId>, DockerApiError> {
-        let docker = self.client().await?;
-        let options = ListContainersOptionsBuilder::new().all(true).build();
-        let summaries = self
-            .bounded("list", docker.list_containers(Some(options)))
-            .await?
-            .map_err(|source| {
-                self.note_failure(&source);
-                DockerApiError::ListContainers { source }
-            })?;
+        let summaries = self.list_containers(true).await?;
         Ok(summaries
             .into_iter()
             .filter_map(|s| {
@@ -252,15 +259,7 @@ impl DockerApi {
         &self,
     ) -> Result<Vec<(ContainerId, Vec<std::net::IpAddr>, BTreeMap<String, String>)>, DockerApiError>
     {
-        let docker = self.client().await?;
-        let options = ListContainersOptionsBuilder::new().all(false).build();
-        let summaries = self
-            .bounded("list", docker.list_containers(Some(options)))
-            .await?
-            .map_err(|source| {
-                self.note_failure(&source);
-                DockerApiError::ListContainers { source }
-            })?;
+        let summaries = self.list_containers(false).await?;
         Ok(summaries
             .into_iter()
             .filter_map(|s| {

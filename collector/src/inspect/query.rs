@@ -931,6 +931,32 @@ fn describe_group(g: &Group) -> String {
     }
 }
 
+/// What is known of a container's identity: the daemon's live view, else the history, else
+/// Docker's files (name and ECS labels only).
+fn known_identity(world: &World, id: &ContainerId) -> Option<ContainerIdentity> {
+    world
+        .view()
+        .and_then(|v| v.container(id))
+        .map(|c| (*c.identity).clone())
+        .or_else(|| {
+            world
+                .store
+                .as_ref()
+                .and_then(|s| s.container(id.as_str()).ok().flatten())
+                .map(|r| r.identity)
+        })
+        .or_else(|| {
+            docker_config::read_container_info(&world.config.host.docker_root, id)
+                .ok()
+                .map(|d| {
+                    let mut i = ContainerIdentity::new(id.clone());
+                    i.ecs = labels::ecs_from_labels(&d.labels);
+                    i.docker_name = Some(d.name);
+                    i
+                })
+        })
+}
+
 /// The PIDs in a cgroup (v2 first, else the first v1 hierarchy that has the directory).
 fn cgroup_procs(layout: &CgroupLayout, path: &str) -> Vec<i32> {
     let Ok(dirs) = layout.dirs_for(path) else {
@@ -1162,27 +1188,7 @@ fn task_view(
             Some(c) => c.state.clone(),
             None => container_view(world, id)?.state,
         };
-        let known = world
-            .view()
-            .and_then(|v| v.container(id))
-            .map(|c| (*c.identity).clone())
-            .or_else(|| {
-                world
-                    .store
-                    .as_ref()
-                    .and_then(|s| s.container(id.as_str()).ok().flatten())
-                    .map(|r| r.identity)
-            })
-            .or_else(|| {
-                docker_config::read_container_info(&world.config.host.docker_root, id)
-                    .ok()
-                    .map(|d| {
-                        let mut i = ContainerIdentity::new(id.clone());
-                        i.ecs = labels::ecs_from_labels(&d.labels);
-                        i.docker_name = Some(d.name);
-                        i
-                    })
-            });
+        let known = known_identity(world, id);
         let name = known
             .as_ref()
             .map(|i| i.display_name().to_owned())
@@ -1273,27 +1279,7 @@ pub fn overview(world: &World, all: bool) -> Result<Overview, InspectError> {
         let mut ecs = EcsTask::default();
         for m in &members {
             let id = ContainerId::parse(&m.container_id);
-            let identity = id.as_ref().and_then(|id| {
-                world
-                    .view()
-                    .and_then(|v| v.container(id))
-                    .map(|c| (*c.identity).clone())
-                    .or_else(|| {
-                        world
-                            .store
-                            .as_ref()
-                            .and_then(|s| s.container(id.as_str()).ok().flatten())
-                            .map(|r| r.identity)
-                    })
-                    .or_else(|| {
-                        docker_config::read_container_info(&world.config.host.docker_root, id)
-                            .ok()
-                            .map(|d| ContainerIdentity {
-                                ecs: labels::ecs_from_labels(&d.labels),
-                                ..ContainerIdentity::new(id.clone())
-                            })
-                    })
-            });
+            let identity = id.as_ref().and_then(|id| known_identity(world, id));
             if let Some(e) = identity.and_then(|i| i.ecs) {
                 ecs.merge_from(&e);
             }

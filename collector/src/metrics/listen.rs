@@ -217,34 +217,42 @@ pub fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
-fn bind_failed(e: &MetricsError) {
-    events::add(&COUNTERS.listener_errors, 1);
-    warn!(error = %crate::internal_events::chain(e), retry_in = ?BIND_RETRY, "Metrics listener cannot bind; retrying.");
-}
-
-/// Waits [`BIND_RETRY`]; false when stopped meanwhile.
-async fn wait_retry(stop: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = stop.cancelled() => false,
-        _ = tokio::time::sleep(BIND_RETRY) => true,
+/// Binds with `bind` until it succeeds, logging and counting each failure and waiting
+/// [`BIND_RETRY`] between tries (a port taken by another process must not stop the
+/// collector); `None` when `stop` comes first.
+pub(super) async fn bind_retrying<T, F, Fut>(stop: &CancellationToken, mut bind: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, MetricsError>>,
+{
+    loop {
+        match bind().await {
+            Ok(bound) => return Some(bound),
+            Err(e) => {
+                events::add(&COUNTERS.listener_errors, 1);
+                warn!(error = %crate::internal_events::chain(&e), retry_in = ?BIND_RETRY, "Metrics listener cannot bind; retrying.");
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            _ = tokio::time::sleep(BIND_RETRY) => {}
+        }
     }
 }
 
 /// Serves Graphite over TCP on `address` until `stop`.
 pub async fn run_tcp(ingest: Arc<Ingest>, address: SocketAddr, stop: CancellationToken) {
-    let listener = loop {
-        match TcpListener::bind(address).await {
-            Ok(l) => break l,
-            Err(source) => bind_failed(&MetricsError::Bind {
+    let bound = bind_retrying(&stop, || async move {
+        TcpListener::bind(address)
+            .await
+            .map_err(|source| MetricsError::Bind {
                 transport: "tcp",
                 address,
                 source,
-            }),
-        }
-        if !wait_retry(&stop).await {
-            return;
-        }
-    };
+            })
+    })
+    .await;
+    let Some(listener) = bound else { return };
     info!(%address, "Graphite TCP listener up.");
     let mut connections = tokio::task::JoinSet::new();
     loop {
@@ -285,19 +293,17 @@ pub async fn run_tcp(ingest: Arc<Ingest>, address: SocketAddr, stop: Cancellatio
 
 /// Serves Graphite over UDP on `address` until `stop`.
 pub async fn run_udp(ingest: Arc<Ingest>, address: SocketAddr, stop: CancellationToken) {
-    let socket = loop {
-        match UdpSocket::bind(address).await {
-            Ok(s) => break s,
-            Err(source) => bind_failed(&MetricsError::Bind {
+    let bound = bind_retrying(&stop, || async move {
+        UdpSocket::bind(address)
+            .await
+            .map_err(|source| MetricsError::Bind {
                 transport: "udp",
                 address,
                 source,
-            }),
-        }
-        if !wait_retry(&stop).await {
-            return;
-        }
-    };
+            })
+    })
+    .await;
+    let Some(socket) = bound else { return };
     info!(%address, "Graphite UDP listener up.");
     // The largest UDP payload: a datagram is never cut short.
     let mut buf = vec![0u8; 65_536];
@@ -325,14 +331,8 @@ pub async fn run_udp(ingest: Arc<Ingest>, address: SocketAddr, stop: Cancellatio
 
 /// Serves Graphite on the unix socket `path` until `stop`, then removes it.
 pub async fn run_unix(ingest: Arc<Ingest>, path: PathBuf, stop: CancellationToken) {
-    let listener = loop {
-        match bind_unix(&path) {
-            Ok(l) => break l,
-            Err(e) => bind_failed(&e),
-        }
-        if !wait_retry(&stop).await {
-            return;
-        }
+    let Some(listener) = bind_retrying(&stop, || std::future::ready(bind_unix(&path))).await else {
+        return;
     };
     info!(socket = %path.display(), "Graphite unix socket listener up.");
     let mut connections = tokio::task::JoinSet::new();

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::events::{self, COUNTERS};
-use super::listen::{BIND_RETRY, Ingest, Transport, unix_now};
+use super::listen::{Ingest, Transport, bind_retrying, unix_now};
 use super::{Chunk, MetricsError, Origin, Sample};
 
 /// Distinct (sender, name) pairs aggregated per interval.
@@ -213,24 +213,17 @@ pub async fn run(
     interval: Duration,
     stop: CancellationToken,
 ) {
-    let socket = loop {
-        match UdpSocket::bind(address).await {
-            Ok(s) => break s,
-            Err(source) => {
-                let e = MetricsError::Bind {
-                    transport: "statsd",
-                    address,
-                    source,
-                };
-                events::add(&COUNTERS.listener_errors, 1);
-                tracing::warn!(error = %crate::internal_events::chain(&e), "StatsD listener cannot bind; retrying.");
-            }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(BIND_RETRY) => {}
-        }
-    };
+    let bound = bind_retrying(&stop, || async move {
+        UdpSocket::bind(address)
+            .await
+            .map_err(|source| MetricsError::Bind {
+                transport: "statsd",
+                address,
+                source,
+            })
+    })
+    .await;
+    let Some(socket) = bound else { return };
     info!(%address, "StatsD listener up.");
     let mut agg = Aggregator::default();
     let mut tick = tokio::time::interval(interval);

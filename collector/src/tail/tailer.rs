@@ -551,7 +551,7 @@ impl Tailer {
         }
         tokio::select! {
             _ = shutdown.cancelled() => true,
-            _ = tokio::time::sleep_until(aligned_deadline(d)) => false,
+            _ = tokio::time::sleep(d) => false,
             _ = self.spec.running.changed() => false,
         }
     }
@@ -785,29 +785,6 @@ async fn rescan_interval() -> tokio::time::Interval {
     rescan.tick().await;
     rescan
 }
-
-/// When a poll of `d` ends: for long polls, the next multiple of `d` since a process-wide
-/// origin, so every quiet tailer polling at the same interval wakes in the same timer tick.
-/// A hundred quiet files then cost one runtime wake-up per interval rather than a hundred,
-/// each of which took a worker out of `epoll_wait` and woke the other with a futex (about
-/// 40 us of CPU each, measured with `strace -c` and `/proc/<pid>/stat` on the idle bench).
-/// The wait is never longer than `d`.
-fn aligned_deadline(d: Duration) -> tokio::time::Instant {
-    static ORIGIN: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
-    let now = tokio::time::Instant::now();
-    if d < ALIGN_POLLS_FROM {
-        return now + d;
-    }
-    let origin = *ORIGIN.get_or_init(|| now);
-    let period = d.as_nanos();
-    let since = now.saturating_duration_since(origin).as_nanos();
-    let next = (since / period + 1) * period;
-    origin + Duration::from_nanos(u64::try_from(next).unwrap_or(u64::MAX))
-}
-
-/// Polls at least this long are aligned (see [`aligned_deadline`]); shorter ones belong to a
-/// file that was busy a moment ago and keep their exact back-off.
-const ALIGN_POLLS_FROM: Duration = Duration::from_millis(100);
 
 /// Re-hashes the head while the file was shorter than [`HEAD_BYTES`] when first seen, so a
 /// checkpoint carries the strongest identity the read bytes allow.
