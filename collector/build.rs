@@ -56,9 +56,16 @@ fn main() {
             println!(
                 "cargo::warning=eBPF compiled out: `{clang_name}` cannot run ({e}); install clang (`apt-get install clang`) and build again"
             );
-            // Rerun once clang appears: a missing file counts as changed, so this build script
-            // runs again on every build until clang is there.
-            println!("cargo::rerun-if-changed=/usr/bin/clang");
+            // Rerun on every build until clang runs: a path that never exists counts as
+            // changed. (Watching `/usr/bin/clang` did not do: apt installs it with the
+            // package's older mtime, which cargo took as unchanged, and eBPF stayed compiled
+            // out after clang was installed.)
+            println!(
+                "cargo::rerun-if-changed={}",
+                Path::new(&env::var_os("OUT_DIR").unwrap())
+                    .join("rerun-until-clang-runs")
+                    .display()
+            );
         }
     }
 }

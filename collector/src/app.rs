@@ -30,8 +30,8 @@ use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::control::{
-    ControlError, ControlServer, ControlState, CountingSink, DeliveryTap, InventoryView, ReadTap,
-    TAIL_CHANNEL_BATCHES,
+    CompanionServer, ControlError, ControlServer, ControlState, CountingSink, DeliveryTap,
+    InventoryView, ReadTap, TAIL_CHANNEL_BATCHES,
 };
 use crate::discover::cgroupfs::{CgroupWatcher, scan_cgroupfs};
 use crate::discover::docker_api::DockerApi;
@@ -39,6 +39,7 @@ use crate::discover::docker_root::{DockerRootWatcher, scan_docker_root};
 use crate::discover::ebpf::{self, EbpfSettings};
 use crate::discover::procfs::scan_procfs;
 use crate::discover::{ContainerEvent, DiscoverySource, Sighting};
+use crate::drain::DrainBarrier;
 use crate::identify::cgroup::{self, CgroupLayout};
 use crate::identify::ecs_agent::EcsAgentClient;
 use crate::inventory::Inventory;
@@ -124,6 +125,8 @@ impl App {
         let (tail_tx, _) = broadcast::channel(TAIL_CHANNEL_BATCHES);
         let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(ReadTap)];
         let mut sink_stats = Vec::new();
+        // Batches waiting in sinks' disk buffers: a drain waits until they are sent.
+        let mut buffer_gauges = Vec::new();
         if config.sinks.file.enabled {
             let dir = config.file_sink_dir();
             info!(dir = %dir.display(), "Local directory sink enabled.");
@@ -145,13 +148,25 @@ impl App {
                 Some(url) => format!("CloudWatch Logs at {url}"),
                 None => "CloudWatch Logs".to_owned(),
             };
-            let sink = CountingSink::new(Box::new(CloudWatchLogsSink::build(cw).await?), location);
+            let mut cloudwatch = CloudWatchLogsSink::build(cw).await?;
+            if cw.buffer_max_bytes > 0 {
+                let gauge = Arc::new(std::sync::atomic::AtomicU64::new(0));
+                buffer_gauges.push(gauge.clone());
+                cloudwatch = cloudwatch.with_buffer(crate::ship::BufferSettings {
+                    dir: config.data_dir.join("buffer").join("cloudwatch"),
+                    max_bytes: cw.buffer_max_bytes,
+                    gauge,
+                });
+            }
+            let sink = CountingSink::new(Box::new(cloudwatch), location);
             sink_stats.push(sink.stats());
             sinks.push(Box::new(sink));
         }
+        let mut archive = None;
         if config.sinks.s3.enabled {
             let s3 = &config.sinks.s3;
             let sink = crate::ship::s3::S3Sink::build(s3, config.data_dir.join("s3")).await;
+            archive = Some(sink.handle());
             let sink = CountingSink::new(
                 Box::new(sink),
                 format!("s3://{}/{}", s3.bucket, s3.key_prefix),
@@ -199,13 +214,39 @@ impl App {
 
         // Metrics ingest (Graphite, StatsD): its own tasks, stopped with discovery.
         let metrics_stop = CancellationToken::new();
-        let mut metrics_tasks = crate::metrics::spawn(
+        let (mut metrics_tasks, metrics_barrier) = crate::metrics::spawn(
             &config,
             view.clone(),
             store.clone(),
             docker.clone(),
+            batch_tx.clone(),
             metrics_stop.clone(),
         );
+
+        // The companion API (drain barrier): stopped with the control API, after the sinks.
+        let companion_task = if config.control.companion {
+            let barrier = DrainBarrier::new(
+                view.clone(),
+                Store::open_read_only(&config.state_path()).ok(),
+                archive,
+                metrics_barrier,
+            )
+            .with_buffers(buffer_gauges);
+            match CompanionServer::bind(
+                &config.companion_socket(),
+                config.host.procfs_root.clone(),
+                view.clone(),
+                barrier,
+            ) {
+                Ok(server) => Some(tokio::spawn(server.run(control_stop.clone()))),
+                Err(e) => {
+                    warn!(error = %crate::internal_events::chain(&e), "No companion API: drains cannot be asked on this host.");
+                    None
+                }
+            }
+        } else {
+            None
+        };
 
         let mut discovery = tokio::task::JoinSet::new();
         if config.discovery.docker_root_inotify {
@@ -305,6 +346,11 @@ impl App {
         {
             warn!("Control API task panicked; this is a bug.");
         }
+        if let Some(task) = companion_task
+            && task.await.is_err()
+        {
+            warn!("Companion API task panicked; this is a bug.");
+        }
         info!("Collector stopped.");
         Ok(())
     }
@@ -345,7 +391,9 @@ async fn expire_loop(
             }
             Err(_) => warn!("History expiry task panicked; this is a bug."),
         }
-        if let Some(cutoff) = std::time::SystemTime::now().checked_sub(retention) {
+        if let Some(cutoff) = std::time::SystemTime::now()
+            .checked_sub(retention.min(crate::control::REMOVED_KEPT_FOR))
+        {
             view.expire(cutoff);
         }
     }

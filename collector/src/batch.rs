@@ -24,6 +24,9 @@ pub enum SourceKind {
     },
     /// The collector's own records about the container: how each run ended (`death.rs`).
     Lifecycle,
+    /// The metrics the container sent, as CloudWatch Embedded Metric Format lines
+    /// (`metrics/emf.rs`).
+    Metrics,
 }
 
 /// A log source: one logical file chain (the live file and its rotated predecessors).

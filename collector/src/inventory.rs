@@ -29,6 +29,7 @@ use crate::identify::{
 };
 use crate::internal_events;
 use crate::state::{DeathSource, Lifecycle, Store};
+use crate::tail::budget::MemoryBudget;
 use crate::tail::format::LogFormat;
 use crate::tail::quiet_tick::QuietTick;
 use crate::tail::rotation_guard::RotationGuard;
@@ -40,6 +41,8 @@ struct Identified {
     container_id: ContainerId,
     info: Option<DockerContainerInfo>,
     agent: Option<EcsTask>,
+    /// The agent was needed (the labels do not name the task) and did not name it.
+    agent_missing: bool,
 }
 
 struct Entry {
@@ -52,6 +55,9 @@ struct Entry {
     lifecycle: Lifecycle,
     /// Source keys with a tailer running.
     active: HashSet<String>,
+    /// Where each source's tailers left off (`SourceSpec::left_at`): a tailer started again
+    /// resumes there, not at the committed checkpoint behind the batches in flight.
+    left_at: HashMap<String, Arc<std::sync::Mutex<Option<crate::state::Checkpoint>>>>,
     /// An identification pass is in flight.
     identifying: bool,
     /// Something changed while a pass was in flight: run another when it returns (an exit
@@ -59,6 +65,10 @@ struct Entry {
     identify_again: bool,
     /// Docker's view was read at least once (files or API).
     docker_known: bool,
+    /// The ECS agent is needed for the task and has not named it yet.
+    agent_missing: bool,
+    /// Passes started since for that ([`AGENT_LATER_PASSES`] at most).
+    agent_passes: u32,
     /// Discovery sources that saw it since their last full scan.
     seen_by: HashSet<DiscoverySource>,
     /// How its runs ended, and whether the sinks were told (`death.rs`).
@@ -93,6 +103,8 @@ pub struct Inventory {
     quiet_tick: Option<QuietTick>,
     /// What the control API sees: published after every change (see `publish`).
     view: InventoryView,
+    /// The memory every source's batches in flight share (`tail.in_flight_bytes`).
+    budget: Arc<MemoryBudget>,
 }
 
 impl Inventory {
@@ -109,7 +121,6 @@ impl Inventory {
         let (identified_tx, identified_rx) = mpsc::channel(256);
         let (finished_tx, finished_rx) = mpsc::channel(256);
         Self {
-            config,
             store,
             layout,
             docker,
@@ -131,6 +142,8 @@ impl Inventory {
             },
             quiet_tick: None,
             view: InventoryView::new(),
+            budget: MemoryBudget::new(config.tail.in_flight_bytes),
+            config,
         }
     }
 
@@ -225,9 +238,12 @@ impl Inventory {
                     pid: None,
                     lifecycle: Lifecycle::Running,
                     active: HashSet::new(),
+                    left_at: HashMap::new(),
                     identifying: false,
                     identify_again: false,
                     docker_known: false,
+                    agent_missing: false,
+                    agent_passes: 0,
                     seen_by: HashSet::new(),
                     death: DeathTracker::new(s.source),
                 },
@@ -336,6 +352,7 @@ impl Inventory {
         if done.agent.is_some() {
             e.agent = done.agent;
         }
+        e.agent_missing = done.agent_missing && e.agent.is_none();
         let identity = build_identity(
             &e.identity_tx.borrow(),
             e.hint.as_ref(),
@@ -363,8 +380,12 @@ impl Inventory {
         let id = done.container_id;
         self.remember_run(&id);
         self.publish(&id);
-        self.ensure_output_source(&id);
-        self.start_declared_files(&id);
+        // A pass asked for meanwhile (its cgroup appeared: the container started) knows
+        // more; its tailers start with that one.
+        if !again && self.has_started(&id) {
+            self.ensure_output_source(&id);
+            self.start_declared_files(&id);
+        }
         if again {
             self.reidentify(&id);
         }
@@ -464,11 +485,21 @@ impl Inventory {
             .entries
             .iter()
             .filter(|(id, e)| {
-                (!e.docker_known && e.lifecycle != Lifecycle::Removed) || self.death_pending(id, e)
+                (!e.docker_known && e.lifecycle != Lifecycle::Removed)
+                    || self.death_pending(id, e)
+                    || (e.agent_missing
+                        && e.lifecycle == Lifecycle::Running
+                        && e.agent_passes < AGENT_LATER_PASSES)
             })
             .map(|(id, _)| id.clone())
             .collect();
         for id in incomplete {
+            if let Some(e) = self.entries.get_mut(&id)
+                && e.agent_missing
+                && !e.identifying
+            {
+                e.agent_passes += 1;
+            }
             self.reidentify(&id);
         }
     }
@@ -581,6 +612,22 @@ impl Inventory {
         });
     }
 
+    /// Whether the container has started: a process or a cgroup was seen, or Docker says it
+    /// ran (or Docker's view is unreadable: then assume so). A container only created has
+    /// no output yet, and its identity is not complete: the ECS agent is asked once its
+    /// cgroup names the task, at start. Its tailers start with the pass that follows, so its
+    /// first lines carry the whole identity (the pass at `docker create` would otherwise
+    /// start them with half of it).
+    fn has_started(&self, id: &ContainerId) -> bool {
+        self.entries.get(id).is_some_and(|e| {
+            e.hint.is_some()
+                || e.pid.is_some()
+                || e.info
+                    .as_ref()
+                    .is_none_or(|i| i.state.running || i.state.started_at.is_some())
+        })
+    }
+
     /// Starts the tailer of the container's stdout/stderr log when it has none.
     fn ensure_output_source(&mut self, id: &ContainerId) {
         let Some(e) = self.entries.get(id) else {
@@ -661,7 +708,14 @@ impl Inventory {
         let Some(e) = self.entries.get_mut(&info.container_id) else {
             return;
         };
-        if e.active.contains(&info.key) {
+        // A stopped container's source is started again (each exit signal asks for an
+        // identification pass) only when its file grew since its tailers left off: dockerd
+        // may write the last output after the tailer ended (a busy host), but a tailer that
+        // reopens an unchanged file only waits out `exit_settle`, showing the source active
+        // in `inspect` after the task was reported done.
+        if e.active.contains(&info.key)
+            || (e.lifecycle != Lifecycle::Running && !grew_since(e.left_at.get(&info.key), &path))
+        {
             return;
         }
         // Watch for new files before the tailer lists the existing ones: nothing created in
@@ -686,6 +740,8 @@ impl Inventory {
                     .get_or_insert_with(|| QuietTick::start(self.config.tail.quiet_poll_interval))
                     .clone(),
             ),
+            left_at: Some(e.left_at.entry(info.key.clone()).or_default().clone()),
+            budget: Some(self.budget.clone()),
         };
         let tailer = match Tailer::new(
             spec,
@@ -711,6 +767,24 @@ impl Inventory {
                     .await;
             }
         });
+    }
+}
+
+/// Whether the file at `path` holds more than the source's tailers left off at: another
+/// file there now, or the same one longer. Unknown (nothing left, the file gone) counts as
+/// grown: reading again is the safe side.
+fn grew_since(
+    left_at: Option<&Arc<std::sync::Mutex<Option<crate::state::Checkpoint>>>>,
+    path: &Path,
+) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let Some(left) = left_at.and_then(|l| l.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    else {
+        return true;
+    };
+    match std::fs::metadata(path) {
+        Ok(m) => !left.fingerprint.same_inode(m.dev(), m.ino()) || m.len() > left.offset,
+        Err(_) => true,
     }
 }
 
@@ -796,27 +870,51 @@ async fn identify(
         .is_some_and(|e| e.task_arn.is_some() && e.container_name.is_some() && e.family.is_some());
     let might_be_ecs = labelled.is_some() || hint.as_ref().is_some_and(|h| h.task_id.is_some());
     let mut agent_task = None;
-    if might_be_ecs && !complete {
-        match agent.task_for_container(&id).await {
-            Ok(Some(task)) => {
-                let cluster = agent.metadata().await.ok().and_then(|m| m.cluster);
-                agent_task = Some(task.ecs_task(&id, cluster.as_deref()));
+    let agent_wanted = might_be_ecs && !complete;
+    if agent_wanted {
+        for attempt in 0..=AGENT_ATTEMPT_RETRIES {
+            match agent.task_for_container(&id).await {
+                Ok(Some(task)) => {
+                    let cluster = agent.metadata().await.ok().and_then(|m| m.cluster);
+                    agent_task = Some(task.ecs_task(&id, cluster.as_deref()));
+                }
+                Ok(None) => {}
+                // A slow or restarting agent: the client's back-off is short at first, so
+                // wait it out a little before the tailer starts with half an identity.
+                Err(err)
+                    if attempt < AGENT_ATTEMPT_RETRIES
+                        && err.is_unreachable()
+                        && err.retry_in() <= AGENT_RETRY_WAIT =>
+                {
+                    tokio::time::sleep(err.retry_in()).await;
+                    continue;
+                }
+                Err(err) => internal_events::IdentifyError {
+                    container_id: id.as_str(),
+                    via: "ecs_agent",
+                    error: &err,
+                }
+                .emit(),
             }
-            Ok(None) => {}
-            Err(err) => internal_events::IdentifyError {
-                container_id: id.as_str(),
-                via: "ecs_agent",
-                error: &err,
-            }
-            .emit(),
+            break;
         }
     }
     Identified {
         container_id: id,
         info,
+        agent_missing: agent_wanted && agent_task.is_none(),
         agent: agent_task,
     }
 }
+
+/// How often one identification pass asks the ECS agent again after it could not be
+/// reached, and the longest back-off it waits out for that.
+const AGENT_ATTEMPT_RETRIES: u32 = 2;
+const AGENT_RETRY_WAIT: Duration = Duration::from_secs(2);
+
+/// How many later passes (one per discovery scan, about a second apart) ask the agent again
+/// for a container it did not name yet (unreachable, or it did not know the container yet).
+const AGENT_LATER_PASSES: u32 = 120;
 
 /// Merges every source into one identity; earlier sources are the more specific.
 fn build_identity(
@@ -980,5 +1078,159 @@ mod tests {
         std::fs::write(root.join("x.log"), b"").unwrap();
         let got = resolve_declared(Path::new("/tmp/x.log"), &[], Some(42), dir.path());
         assert_eq!(got, vec![(PathBuf::from("/tmp/x.log"), root.join("x.log"))]);
+    }
+}
+
+/// The inventory driven by hand over a Docker root holding one exited container, with no
+/// Docker socket, ECS agent or procfs behind it.
+#[cfg(test)]
+mod lifecycle_tests {
+    use super::*;
+
+    /// `testdata/docker/exited-*`: a container that exited with code 3.
+    const EXITED_ID: &str = "6975020fe5ffb4741653bcb1b7ae590421826386233578127a7c546b820c1758";
+
+    fn testdata(name: &str) -> Vec<u8> {
+        std::fs::read(format!(
+            "{}/testdata/docker/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    }
+
+    /// Feeds the inventory what its run loop would, until `done` holds (or 10 s pass),
+    /// returning every record sent to the sinks meanwhile.
+    async fn pump(
+        inv: &mut Inventory,
+        batches: &mut mpsc::Receiver<Batch>,
+        done: impl Fn(&Inventory) -> bool,
+    ) -> Vec<String> {
+        let mut lines = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !done(inv) {
+            tokio::select! {
+                Some(d) = inv.identified_rx.recv() => inv.on_identified(d),
+                Some((id, key)) = inv.finished_rx.recv() => inv.on_source_finished(&id, &key),
+                Some(b) = batches.recv() => lines.extend(
+                    b.records.iter().map(|r| String::from_utf8_lossy(r.message).into_owned()),
+                ),
+                _ = tokio::time::sleep_until(deadline) => panic!("the inventory did not settle"),
+            }
+        }
+        lines
+    }
+
+    #[tokio::test]
+    async fn an_exit_seen_after_the_output_was_read_out_reopens_it_only_when_it_grew() {
+        let root = tempfile::tempdir().unwrap();
+        let id = ContainerId::parse(EXITED_ID).unwrap();
+        let docker_root = root.path().join("docker");
+        let dir = docker_root.join("containers").join(EXITED_ID);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("config.v2.json"),
+            testdata("exited-config.v2.json"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("hostconfig.json"),
+            testdata("exited-hostconfig.json"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join(format!("{EXITED_ID}-json.log")),
+            concat!(
+                r#"{"log":"one\n","stream":"stdout","time":"2026-11-22T00:40:13.896Z"}"#,
+                "\n",
+                r#"{"log":"two\n","stream":"stderr","time":"2026-11-22T00:40:13.897Z"}"#,
+                "\n",
+            ),
+        )
+        .unwrap();
+        let mut config = Config::default();
+        config.host.docker_root = docker_root;
+        config.host.procfs_root = root.path().join("proc");
+        config.tail.exit_settle = Duration::from_millis(50);
+        let (batch_tx, mut batches) = mpsc::channel(16);
+        let agent = EcsAgentClient::try_new(
+            "http://127.0.0.1:9",
+            Duration::from_millis(100),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let mut inv = Inventory::new(
+            config,
+            Store::in_memory().unwrap(),
+            None,
+            DockerApi::new(root.path().join("no-docker.sock")),
+            Arc::new(agent),
+            batch_tx,
+            CancellationToken::new(),
+        );
+        let key = SourceInfo::container_output(id.clone()).key;
+        let output_started = |inv: &Inventory| inv.entries[&id].active.contains(&key);
+
+        // Found after its exit (a restarted collector): its output is read out once.
+        inv.on_event(ContainerEvent::Seen(Sighting {
+            container_id: id.clone(),
+            cgroup_path: None,
+            cgroup_id: None,
+            pid: None,
+            source: DiscoverySource::DockerRoot,
+        }));
+        pump(&mut inv, &mut batches, output_started).await;
+        let lines = pump(&mut inv, &mut batches, |inv| !output_started(inv)).await;
+        assert_eq!(lines, ["one", "two"]);
+        assert_eq!(inv.entries[&id].lifecycle, Lifecycle::Exited);
+
+        // Late exit signals (Docker's `die`, the cgroup's removal) each ask for a pass.
+        for source in [DiscoverySource::DockerApi, DiscoverySource::Cgroupfs] {
+            inv.on_event(ContainerEvent::Exited {
+                container_id: id.clone(),
+                source,
+            });
+            pump(&mut inv, &mut batches, |inv| !inv.entries[&id].identifying).await;
+            assert!(
+                !output_started(&inv),
+                "a pass after {source:?}'s exit started the finished output again"
+            );
+        }
+        // Docker writes its last output after the tailer ended (a busy host): the next pass
+        // reads it.
+        let log = inv
+            .config
+            .host
+            .docker_root
+            .join("containers")
+            .join(EXITED_ID)
+            .join(format!("{EXITED_ID}-json.log"));
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        std::io::Write::write_all(
+            &mut f,
+            concat!(
+                r#"{"log":"three\n","stream":"stdout","time":"2026-11-22T00:40:13.898Z"}"#,
+                "\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        inv.on_event(ContainerEvent::Exited {
+            container_id: id.clone(),
+            source: DiscoverySource::DockerApi,
+        });
+        pump(&mut inv, &mut batches, output_started).await;
+        let lines = pump(&mut inv, &mut batches, |inv| !output_started(inv)).await;
+        assert_eq!(lines, ["three"]);
+
+        // A new run reads it again.
+        inv.on_event(ContainerEvent::Seen(Sighting {
+            container_id: id.clone(),
+            cgroup_path: None,
+            cgroup_id: None,
+            pid: Some(1),
+            source: DiscoverySource::Procfs,
+        }));
+        pump(&mut inv, &mut batches, |inv| !inv.entries[&id].identifying).await;
+        assert!(output_started(&inv), "a new run must be tailed");
     }
 }

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use collector::app::App;
 use collector::config::{Config, EbpfMode, Overrides};
 use collector::inspect::{ColorChoice, InspectArgs, KindFilter, Outcome, TailArgs};
+use collector::taskdef::{self, DaemonOptions, InjectOptions, LogsRequest, Part, TaskdefError};
 use collector::telemetry;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -94,6 +95,79 @@ enum Command {
         #[command(flatten)]
         common: ClientArgs,
     },
+    /// Print ECS task definitions as JSON for `aws ecs ... --cli-input-json file://...`: the
+    /// daemon's, or a task's with the companion shim added (docs/deploy-ecs.md).
+    Taskdef {
+        #[command(subcommand)]
+        command: TaskdefCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TaskdefCommand {
+    /// Print the collector's task definition and its DAEMON service: `{"taskDefinition":
+    /// ..., "service": ...}`, the inputs of `aws ecs register-task-definition` and `aws ecs
+    /// create-service`; `--part task|service` prints one, ready for `--cli-input-json`.
+    Daemon {
+        /// The collector image (push it to ECR and give its URI).
+        #[arg(long, default_value = taskdef::DEFAULT_DAEMON_IMAGE)]
+        image: String,
+        /// The cluster the service runs in.
+        #[arg(long, default_value = taskdef::daemon::DEFAULT_CLUSTER)]
+        cluster: String,
+        /// Task definition family, also the service name.
+        #[arg(long, default_value = taskdef::daemon::DEFAULT_FAMILY)]
+        family: String,
+        /// Memory ECS reserves for the collector on each instance, MiB.
+        #[arg(long, value_name = "MiB", default_value_t = taskdef::daemon::DEFAULT_MEMORY_RESERVATION_MIB)]
+        memory_reservation: u64,
+        /// Hard memory limit, MiB.
+        #[arg(long, value_name = "MiB", default_value_t = taskdef::daemon::DEFAULT_MEMORY_MIB)]
+        memory: u64,
+        /// CloudWatch Logs group for the collector's own messages (created if missing).
+        #[arg(long, default_value = taskdef::daemon::DEFAULT_LOG_GROUP)]
+        log_group: String,
+        /// AWS region of the log group and the sinks (default: the instance's).
+        #[arg(long, env = "AWS_REGION")]
+        region: Option<String>,
+        /// IAM role for the collector's AWS calls (CloudWatch Logs and S3 sinks).
+        #[arg(long, value_name = "ARN")]
+        task_role_arn: Option<String>,
+        /// IAM role ECS uses to pull the image and create the log group.
+        #[arg(long, value_name = "ARN")]
+        execution_role_arn: Option<String>,
+        /// Grant what eBPF needs (SYS_ADMIN, tracefs, memlock); off by default.
+        #[arg(long)]
+        ebpf: bool,
+        /// A collector setting as an environment variable, e.g.
+        /// COLLECTOR_SINKS__CLOUDWATCH__ENABLED=true (repeatable).
+        #[arg(long = "env", value_name = "NAME=VALUE")]
+        env: Vec<String>,
+        /// Print both parts, or only the task definition or the service.
+        #[arg(long, value_enum, default_value = "all")]
+        part: Part,
+    },
+    /// Add the companion shim to a task definition (register-task-definition input, or
+    /// describe-task-definition output) and print it for register-task-definition. Running it
+    /// again on its output changes nothing.
+    Inject {
+        /// The task definition JSON; `-` for stdin.
+        file: PathBuf,
+        /// The companion image (default collector-companion:latest; an existing companion
+        /// keeps its image).
+        #[arg(long, value_name = "IMAGE")]
+        companion_image: Option<String>,
+        /// Also collect these files of a container: an absolute glob inside it (repeatable).
+        #[arg(long = "logs", value_name = "CONTAINER=GLOB")]
+        logs: Vec<String>,
+        /// How long the companion lets the collector drain the task; under 120s (its
+        /// stopTimeout).
+        #[arg(long, default_value = "110s")]
+        drain_timeout: String,
+        /// Write here instead of stdout.
+        #[arg(short = 'o', long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
 }
 
 /// Options of the commands that talk to a daemon: which one (by its configuration).
@@ -137,9 +211,102 @@ fn exit(outcome: Outcome) -> ExitCode {
     })
 }
 
+/// Runs `collector taskdef ...`: 0, 64 for a bad input or option (the options are parsed
+/// here, not by clap, so that every one of them exits 64), 1 for an I/O failure.
+fn taskdef_command(command: TaskdefCommand) -> ExitCode {
+    let result = match command {
+        TaskdefCommand::Daemon {
+            image,
+            cluster,
+            family,
+            memory_reservation,
+            memory,
+            log_group,
+            region,
+            task_role_arn,
+            execution_role_arn,
+            ebpf,
+            env,
+            part,
+        } => env
+            .iter()
+            .map(|e| taskdef::parse_env(e))
+            .collect::<Result<Vec<_>, _>>()
+            .map(|env| {
+                let opts = DaemonOptions {
+                    image,
+                    cluster,
+                    family,
+                    memory_reservation,
+                    memory,
+                    log_group,
+                    region,
+                    task_role_arn,
+                    execution_role_arn,
+                    ebpf,
+                    env,
+                };
+                print!("{}", taskdef::to_pretty_json(&taskdef::daemon(&opts, part)));
+            }),
+        TaskdefCommand::Inject {
+            file,
+            companion_image,
+            logs,
+            drain_timeout,
+            output,
+        } => inject(file, companion_image, logs, drain_timeout, output),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = if e.is_usage() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::FAILURE
+            };
+            eprintln!("collector: {:#}", anyhow::Error::from(e));
+            code
+        }
+    }
+}
+
+/// `collector taskdef inject`: notes on stderr, the JSON on stdout or in `output`.
+fn inject(
+    file: PathBuf,
+    companion_image: Option<String>,
+    logs: Vec<String>,
+    drain_timeout: String,
+    output: Option<PathBuf>,
+) -> Result<(), TaskdefError> {
+    let opts = InjectOptions {
+        companion_image,
+        logs: logs
+            .iter()
+            .map(|l| l.parse::<LogsRequest>())
+            .collect::<Result<_, _>>()?,
+        drain_timeout: taskdef::parse_drain_timeout(&drain_timeout)?,
+    };
+    let input = taskdef::read_task_definition(&file)?;
+    let injected = taskdef::inject(input, &opts)?;
+    for note in &injected.notes {
+        eprintln!("collector: {note}");
+    }
+    let text = taskdef::to_pretty_json(&injected.task_definition);
+    match output {
+        Some(path) => {
+            std::fs::write(&path, text).map_err(|source| TaskdefError::WriteOutput { path, source })
+        }
+        None => {
+            print!("{text}");
+            Ok(())
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Taskdef { command } => taskdef_command(command),
         Command::Inspect {
             thing,
             kind,
@@ -258,21 +425,91 @@ fn raise_open_files_limit() {
     }
 }
 
+/// Makes the capabilities the binary's file grants effective. The `collector` image gives
+/// `/collector` file capabilities (`security.capability`, permitted set only:
+/// `DAC_READ_SEARCH`, `SYS_PTRACE`, and for eBPF `SYS_ADMIN`, `PERFMON`, `BPF`), so a collector
+/// started as a non-root user (`--user 65534`) gets those of them its container's bounding
+/// set allows (`--cap-add`), and no others (capabilities(7): P'(permitted) = F(permitted) &
+/// P(bounding)). Without the file's effective bit they start permitted but not effective,
+/// which also lets the image start when the bounding set lacks some of them (with the bit
+/// set, execve(2) would fail with EPERM). Run as root, or with no file capabilities, this
+/// changes nothing. Capabilities are per thread: this runs before any thread is started, so
+/// every thread inherits them. Failing is logged, not fatal.
+fn raise_permitted_capabilities() {
+    /// `struct __user_cap_header_struct` (linux/capability.h).
+    #[repr(C)]
+    struct CapHeader {
+        version: u32,
+        pid: i32,
+    }
+    /// `struct __user_cap_data_struct`: one per 32 capabilities.
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct CapData {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    /// `_LINUX_CAPABILITY_VERSION_3`: 64-bit sets, as two `CapData`.
+    const VERSION_3: u32 = 0x2008_0522;
+
+    let mut header = CapHeader {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: with version 3, capget(2) reads the header and writes two `CapData` (the
+    // kernel's layout, `repr(C)`) into `data`, which holds exactly two.
+    let rc = unsafe { libc::syscall(libc::SYS_capget, &raw mut header, data.as_mut_ptr()) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        tracing::warn!(error = %e, "Cannot read the process capabilities.");
+        return;
+    }
+    if data.iter().all(|d| d.effective == d.permitted) {
+        return;
+    }
+    for d in &mut data {
+        d.effective = d.permitted;
+    }
+    let set = (u64::from(data[1].permitted) << 32) | u64::from(data[0].permitted);
+    // SAFETY: capset(2) reads the header and two `CapData` from `data`; effective may be any
+    // subset of permitted, and here it equals permitted.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &raw const header, data.as_ptr()) };
+    if rc == 0 {
+        tracing::info!(
+            capabilities = format_args!("{set:#x}"),
+            "Made the permitted capabilities effective."
+        );
+    } else {
+        let e = std::io::Error::last_os_error();
+        tracing::warn!(capabilities = format_args!("{set:#x}"), error = %e, "Cannot make the permitted capabilities effective.");
+    }
+}
+
 /// Makes freed read buffers go back to the system. glibc raises its mmap threshold to the
 /// size of any mmapped block that is freed, so after the first 256 KiB read buffer is freed
 /// every later one comes from a heap arena, where freed memory stays in the process; with
 /// 1,000 containers read once and quiet since, that kept 70 MB resident. A fixed threshold
 /// (which also turns the dynamic adjustment off) and two arenas keep the footprint to what is
-/// in use (mallopt(3)).
+/// in use (mallopt(3)). musl (the static image build) has no `mallopt`; its allocator returns
+/// freed memory to the system on its own.
 fn tune_allocator() {
+    // The read buffers of small files (sized to what is left to read) and the arenas their
+    // escapes are decoded into are tens of KiB: from the heap, freed in any order, they left
+    // holes glibc keeps; 1,000 containers of 100 kB kept 42 MB that `malloc_trim` gave back
+    // (`cargo xtask bench --scenarios many`). Mapped, each goes back when freed.
+    const MMAP_THRESHOLD: libc::c_int = 32 * 1024;
+    #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only sets allocator parameters; it is called before other threads.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 
 fn run(config: Config) -> anyhow::Result<()> {
+    raise_permitted_capabilities();
     tune_allocator();
     raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -1,7 +1,10 @@
 //! `graphite-send MODE TARGET [LINGER_MS]`: copies stdin to a unix stream socket (`unix
 //! PATH`), a TCP peer (`tcp IP:PORT`) or a UDP peer (`udp IP:PORT`, one datagram per line;
 //! `udp-one IP:PORT`, all of stdin in one datagram), then keeps the connection (or the UDP
-//! socket) open `LINGER_MS` (default 300) before closing it.
+//! socket) open `LINGER_MS` (default 300) before closing it. `call PATH [TIMEOUT_MS]` is a
+//! client instead: it writes stdin (an HTTP request) to the unix socket `PATH`, then copies
+//! the answer to stdout until the server closes the connection or `TIMEOUT_MS` (default
+//! 10,000) passes; the security tests call the companion API with it from inside a task.
 //!
 //! The metrics tests run it inside busybox containers (whose `nc` has neither `-U` nor
 //! `-u`): the harness compiles this one file with `rustc -C target-feature=+crt-static`,
@@ -16,7 +19,7 @@ use std::time::Duration;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 3 {
-        eprintln!("usage: graphite-send unix|tcp|udp|udp-one TARGET [LINGER_MS]");
+        eprintln!("usage: graphite-send unix|tcp|udp|udp-one|call TARGET [LINGER_MS]");
         return ExitCode::from(64);
     }
     let linger = args
@@ -27,6 +30,19 @@ fn main() -> ExitCode {
     if let Err(e) = std::io::stdin().read_to_end(&mut data) {
         eprintln!("graphite-send: stdin: {e}");
         return ExitCode::from(1);
+    }
+    if args[1] == "call" {
+        let timeout = args
+            .get(3)
+            .and_then(|s| s.parse().ok())
+            .map_or(Duration::from_secs(10), Duration::from_millis);
+        return match call(&args[2], &data, timeout) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("graphite-send: call {}: {e}", args[2]);
+                ExitCode::from(1)
+            }
+        };
     }
     let result = match args[1].as_str() {
         "unix" => UnixStream::connect(&args[2]).and_then(|mut s| {
@@ -61,6 +77,38 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("graphite-send: {} {}: {e}", args[1], args[2]);
             ExitCode::from(1)
+        }
+    }
+}
+
+/// Writes `request` to the unix socket `path` and copies the answer to stdout until EOF or
+/// `timeout` (what arrived by then is printed; a timeout is not an error: a drain answer
+/// streams).
+fn call(path: &str, request: &[u8], timeout: Duration) -> std::io::Result<()> {
+    let mut s = UnixStream::connect(path)?;
+    s.write_all(request)?;
+    let deadline = std::time::Instant::now() + timeout;
+    let mut out = std::io::stdout();
+    let mut buf = [0u8; 8192];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        s.set_read_timeout(Some(left))?;
+        match s.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => {
+                out.write_all(&buf[..n])?;
+                out.flush()?;
+            }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return Ok(());
+            }
+            Err(e) => return Err(e),
         }
     }
 }

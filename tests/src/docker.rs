@@ -253,6 +253,8 @@ pub struct ContainerBuilder {
     command: Vec<String>,
     /// More `docker run`/`docker create` options, e.g. `--memory 8m`.
     options: Vec<String>,
+    /// The image; [`TEST_IMAGE`] when unset.
+    image: Option<String>,
 }
 
 impl ContainerBuilder {
@@ -271,6 +273,12 @@ impl ContainerBuilder {
     /// Adds labels.
     pub fn labels(mut self, labels: impl IntoIterator<Item = (String, String)>) -> Self {
         self.labels.extend(labels);
+        self
+    }
+
+    /// Runs `image` instead of [`TEST_IMAGE`] (with its own entrypoint).
+    pub fn image(mut self, image: impl Into<String>) -> Self {
+        self.image = Some(image.into());
         self
     }
 
@@ -369,7 +377,7 @@ impl ContainerBuilder {
             args.extend(["--volume".into(), format!("{}:{container}", host.display())]);
         }
         args.extend(self.options);
-        args.push(TEST_IMAGE.into());
+        args.push(self.image.unwrap_or_else(|| TEST_IMAGE.into()));
         args.extend(self.command);
         match docker(&args) {
             Ok(out) => {

@@ -17,6 +17,8 @@
 //!   and captured stderr.
 //! - [`moto`]: [`Moto`], a moto server per test standing in for CloudWatch Logs, and reading
 //!   back what reached it.
+//! - [`fault_proxy`]: [`FaultProxy`], put between the collector and moto to make the service
+//!   slow, throttling, failing or absent at the test's command.
 //! - [`sink`]: reads what the local directory sink wrote.
 //! - [`check`]: polling with clear timeouts, and the exactly-once and at-least-once checks.
 //! - [`time`]: RFC 3339 timestamps as Docker writes them.
@@ -26,6 +28,7 @@ pub mod check;
 pub mod collector;
 pub mod docker;
 pub mod ecs_agent;
+pub mod fault_proxy;
 pub mod moto;
 pub mod sink;
 pub mod time;
@@ -41,6 +44,7 @@ pub use check::{Check, check_at_least_once_in_order, check_exactly_once, wait_un
 pub use collector::{CollectorBuilder, CollectorProcess, Expect, collector_bin};
 pub use docker::{ContainerBuilder, TEST_IMAGE, TestContainer, docker, docker_host};
 pub use ecs_agent::{FakeEcsAgent, TestTask};
+pub use fault_proxy::{FaultProxy, Faults, Flavor};
 pub use moto::{LogEvent, Moto};
 pub use sink::{Sink, SinkLine, messages};
 

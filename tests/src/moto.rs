@@ -288,6 +288,18 @@ impl Moto {
         }
     }
 
+    /// The messages of a stream, oldest first (see [`Moto::log_events`]).
+    ///
+    /// # Errors
+    /// As [`Moto::log_events`].
+    pub fn log_messages(&self, group: &str, stream: &str) -> Result<Vec<String>> {
+        Ok(self
+            .log_events(group, stream)?
+            .into_iter()
+            .map(|e| e.message)
+            .collect())
+    }
+
     /// Every event of a stream, oldest first (GetLogEvents from the head; the end is where
     /// `nextForwardToken` repeats the token sent). Empty when the group or stream does not
     /// exist (yet).
@@ -411,6 +423,25 @@ impl Moto {
         Ok(out)
     }
 
+    /// Keys of the multipart uploads open in `bucket` (ListMultipartUploads).
+    ///
+    /// # Errors
+    /// When the server cannot be reached or refuses.
+    pub fn multipart_uploads(&self, bucket: &str) -> Result<Vec<String>> {
+        let (status, body) = self.s3_request("GET", &format!("/{bucket}?uploads"), b"")?;
+        let text = String::from_utf8_lossy(&body).into_owned();
+        ensure!(
+            status == 200,
+            "ListMultipartUploads {bucket}: HTTP {status}: {text}"
+        );
+        Ok(text
+            .split("<Upload>")
+            .skip(1)
+            .filter_map(|u| u.split("<Key>").nth(1)?.split("</Key>").next())
+            .map(str::to_owned)
+            .collect())
+    }
+
     /// An object's bytes.
     ///
     /// # Errors
@@ -433,7 +464,7 @@ impl Drop for Moto {
 }
 
 /// One HTTP/1.1 request with `Connection: close`; returns the status and the body.
-fn http(
+pub(crate) fn http(
     port: u16,
     method: &str,
     path: &str,
@@ -474,8 +505,8 @@ fn http(
     Ok((status, body))
 }
 
-/// Decodes a chunked body.
-fn dechunk(mut data: &[u8]) -> Result<Vec<u8>> {
+/// Decodes a chunked body held in memory.
+pub(crate) fn dechunk(mut data: &[u8]) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     loop {
         let eol = data

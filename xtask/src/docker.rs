@@ -239,20 +239,40 @@ pub(crate) fn import_image(tag: &str) -> Result<()> {
 /// # Errors
 /// When `docker ps` or `docker rm` fails.
 pub(crate) fn remove_leftover_containers() -> Result<()> {
+    let removed = remove_labelled(TEST_LABEL)?;
+    if removed > 0 {
+        println!("xtask: removed {removed} leftover test container(s)");
+    }
+    Ok(())
+}
+
+/// Removes (`docker rm --force`) every container that has the label `label` (a key, or
+/// `key=value`), running or not, and returns how many there were.
+///
+/// # Errors
+/// When `docker ps` or `docker rm` fails.
+pub(crate) fn remove_labelled(label: &str) -> Result<usize> {
     let ids = cmd::output(Command::new("docker").args([
         "ps",
         "--all",
         "--quiet",
         "--filter",
-        &format!("label={TEST_LABEL}"),
+        &format!("label={label}"),
     ]))?;
     let ids: Vec<&str> = ids.split_whitespace().collect();
-    if ids.is_empty() {
-        return Ok(());
+    if !ids.is_empty() {
+        cmd::output(Command::new("docker").args(["rm", "--force"]).args(&ids))?;
     }
-    println!("xtask: removing {} leftover test container(s)", ids.len());
-    cmd::output(Command::new("docker").args(["rm", "--force"]).args(&ids))?;
-    Ok(())
+    Ok(ids.len())
+}
+
+/// Docker's root directory (`docker info`'s `DockerRootDir`), where the json-file logs are.
+///
+/// # Errors
+/// When the daemon does not answer.
+pub(crate) fn root_dir() -> Result<String> {
+    cmd::output(Command::new("docker").args(["info", "--format", "{{.DockerRootDir}}"]))
+        .context("ask Docker for its root directory")
 }
 
 /// The daemon's version, or why it does not answer.
@@ -306,7 +326,7 @@ fn running_dockerd() -> Option<u32> {
 }
 
 /// Fails with a clear message unless we are root.
-fn ensure_root(what: &str) -> Result<()> {
+pub(crate) fn ensure_root(what: &str) -> Result<()> {
     ensure!(
         nix::unistd::geteuid().is_root(),
         "{what} needs root: run `cargo xtask test` as root on a Debian 12 machine"
@@ -315,14 +335,14 @@ fn ensure_root(what: &str) -> Result<()> {
 }
 
 /// `apt-get` that never asks questions.
-fn apt_get() -> Command {
+pub(crate) fn apt_get() -> Command {
     let mut cmd = Command::new("apt-get");
     cmd.env("DEBIAN_FRONTEND", "noninteractive");
     cmd
 }
 
 /// Finds `name` in `PATH`, then in the sbin directories a non-login root shell may lack.
-fn find_program(name: &str) -> Option<PathBuf> {
+pub(crate) fn find_program(name: &str) -> Option<PathBuf> {
     let path = env::var_os("PATH").unwrap_or_default();
     env::split_paths(&path)
         .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
@@ -335,7 +355,7 @@ fn find_program(name: &str) -> Option<PathBuf> {
 
 /// Whether `path` is a statically linked 64-bit little-endian ELF executable (no `PT_INTERP`
 /// program header), i.e. runs in an image that has nothing else.
-fn is_static_elf(path: &Path) -> bool {
+pub(crate) fn is_static_elf(path: &Path) -> bool {
     let mut head = Vec::new();
     let read = File::open(path).and_then(|f| f.take(64 * 1024).read_to_end(&mut head));
     read.is_ok() && elf_is_static(&head)

@@ -1,8 +1,9 @@
-//! The moto server (a local stand-in for CloudWatch Logs and S3) for the AWS sink tests.
+//! The moto server (a local stand-in for CloudWatch Logs and S3) for the AWS sink tests, and
+//! PyPI's `graphyte` (a Graphite client library) as a real-world sender for the metrics tests.
 //!
-//! Installed into a virtualenv under the target directory, pinned to 5.2.5 (5.2.1 answers
-//! CompleteMultipartUpload with an XML root that aws-sdk-s3 rejects). A run with the right
-//! version already installed only checks it (well under a second).
+//! Installed into a virtualenv under the target directory, moto pinned to 5.2.5 (5.2.1
+//! answers CompleteMultipartUpload with an XML root that aws-sdk-s3 rejects). A run with the
+//! right versions already installed only checks them (well under a second).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,14 +15,25 @@ use crate::cmd;
 /// The pinned version.
 const MOTO_VERSION: &str = "5.2.5";
 
+/// The pinned graphyte (the tests run `<venv>/bin/python -c 'import graphyte ...'`).
+const GRAPHYTE_VERSION: &str = "1.7.1";
+
 /// Makes sure `<target>/xtask/moto-venv` holds moto `MOTO_VERSION` with its server, and
 /// returns the path of `moto_server` (the tests read it from `COLLECTOR_TEST_MOTO`).
 pub(crate) fn ensure_moto(target: &Path) -> Result<PathBuf> {
     let venv = target.join("xtask").join("moto-venv");
     let server = venv.join("bin").join("moto_server");
     let python = venv.join("bin").join("python");
-    if server.is_file() && installed_version(&python).as_deref() == Some(MOTO_VERSION) {
-        println!("xtask: moto {MOTO_VERSION}: {}", server.display());
+    let complete = |python: &Path| {
+        server.is_file()
+            && installed_version(python, "moto").as_deref() == Some(MOTO_VERSION)
+            && installed_version(python, "graphyte").as_deref() == Some(GRAPHYTE_VERSION)
+    };
+    if complete(&python) {
+        println!(
+            "xtask: moto {MOTO_VERSION}, graphyte {GRAPHYTE_VERSION}: {}",
+            server.display()
+        );
         return Ok(server);
     }
     if !python.is_file() {
@@ -42,26 +54,27 @@ pub(crate) fn ensure_moto(target: &Path) -> Result<PathBuf> {
             cmd::run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
         }
     }
-    println!("xtask: pip install 'moto[server]=={MOTO_VERSION}'");
+    println!("xtask: pip install 'moto[server]=={MOTO_VERSION}' 'graphyte=={GRAPHYTE_VERSION}'");
     cmd::run(
         Command::new(&python)
             .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
-            .arg(format!("moto[server]=={MOTO_VERSION}")),
+            .arg(format!("moto[server]=={MOTO_VERSION}"))
+            .arg(format!("graphyte=={GRAPHYTE_VERSION}")),
     )
-    .context("installing moto")?;
+    .context("installing moto and graphyte")?;
     ensure!(
-        server.is_file() && installed_version(&python).as_deref() == Some(MOTO_VERSION),
-        "moto {MOTO_VERSION} is still missing from {} after pip install",
+        complete(&python),
+        "moto {MOTO_VERSION} or graphyte {GRAPHYTE_VERSION} is still missing from {} after pip install",
         venv.display()
     );
     Ok(server)
 }
 
-/// The moto version installed for `python`, if any.
-fn installed_version(python: &Path) -> Option<String> {
+/// The version of `package` installed for `python`, if any.
+fn installed_version(python: &Path, package: &str) -> Option<String> {
     cmd::output(Command::new(python).args([
         "-c",
-        "import importlib.metadata as m; print(m.version('moto'))",
+        &format!("import importlib.metadata as m; print(m.version('{package}'))"),
     ]))
     .ok()
 }

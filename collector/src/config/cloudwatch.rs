@@ -54,6 +54,12 @@ pub struct CloudWatchSinkConfig {
     /// each but the last ending with ` [continued]`. The service allows 1 MB since 2025;
     /// lower it for a partition that still has the old 256 KB limit.
     pub max_event_bytes: usize,
+    /// The sink's disk buffer (`<data_dir>/buffer/cloudwatch/`), in bytes; 0: none. While
+    /// CloudWatch Logs is down or throttles, the batches it has not taken go there once its
+    /// queue backs up, so the other sinks and the checkpoints go on; they are sent, oldest
+    /// first, when it is back (also after a restart). Past the bound, every sink waits and
+    /// the log files are the buffer.
+    pub buffer_max_bytes: u64,
 }
 
 impl Default for CloudWatchSinkConfig {
@@ -69,6 +75,7 @@ impl Default for CloudWatchSinkConfig {
             request_timeout: Duration::from_secs(30),
             max_attempts: 3,
             max_event_bytes: crate::ship::cloudwatch_batch::MAX_EVENT_BYTES,
+            buffer_max_bytes: 1024 * 1024 * 1024,
         }
     }
 }

@@ -244,6 +244,11 @@ pub struct TailConfig {
     /// Records buffered between the tailers and the sinks. Bounded: when sinks are slow,
     /// tailers wait (files on disk are the buffer), nothing is dropped.
     pub channel_batches: usize,
+    /// Bytes that all sources' batches on their way to the sinks may hold together (read
+    /// buffers and decoded text); a read pass waits for room (`tail/budget.rs`). The channel
+    /// and the shipper count batches; this bounds their memory when many files are read at
+    /// once.
+    pub in_flight_bytes: usize,
 }
 
 impl Default for TailConfig {
@@ -257,6 +262,7 @@ impl Default for TailConfig {
             read_from: ReadFrom::Beginning,
             glob_interval: Duration::from_secs(2),
             channel_batches: 64,
+            in_flight_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -329,6 +335,13 @@ pub struct ControlConfig {
     /// The socket; defaults to `<data_dir>/control.sock`. Created with mode 0600, so only
     /// its owner (root) can connect: the API names every container and task on the host.
     pub socket: Option<PathBuf>,
+    /// Serve the companion API (the drain barrier the per-task `companion` shim calls).
+    pub companion: bool,
+    /// Its socket; defaults to `<data_dir>/task/companion.sock`, beside the Graphite socket,
+    /// so a task mounts one directory for both. Mode 0666: any process may connect, and
+    /// each call acts only on the caller's own task, found from the kernel's peer
+    /// credentials (`SO_PEERCRED`, `unix(7)`).
+    pub companion_socket: Option<PathBuf>,
 }
 
 impl Default for ControlConfig {
@@ -336,6 +349,8 @@ impl Default for ControlConfig {
         Self {
             enabled: true,
             socket: None,
+            companion: true,
+            companion_socket: None,
         }
     }
 }
@@ -358,6 +373,20 @@ impl Config {
     /// of the wrong type, and any failure of [`Config::validate`].
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
         Self::load_from(file, overrides, Env::prefixed("COLLECTOR_").split("__"))
+    }
+
+    /// The configuration of a TOML text alone: built-in defaults < `text`, then
+    /// [`Config::validate`]. No file, environment variable or flag is read, so the result
+    /// depends on `text` only (the fuzz target `config` and tests use it).
+    ///
+    /// # Errors
+    /// TOML that does not parse, an unknown key or a value of the wrong type, and any failure
+    /// of [`Config::validate`].
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        let fig = Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text));
+        let config: Config = fig.extract()?;
+        config.validate()?;
+        Ok(config)
     }
 
     fn load_from(
@@ -421,6 +450,13 @@ impl Config {
         if self.tail.channel_batches == 0 {
             return bad("tail.channel_batches", "must be at least 1");
         }
+        // Below one read pass (4 reads and their decoded text), passes run one at a time.
+        if self.tail.in_flight_bytes < 8 * self.tail.read_bytes {
+            return bad(
+                "tail.in_flight_bytes",
+                "must be at least 8 times tail.read_bytes (one read pass)",
+            );
+        }
         if self.tail.poll_interval.is_zero() {
             return bad("tail.poll_interval", "must be more than zero");
         }
@@ -456,6 +492,14 @@ impl Config {
         {
             return bad("control.socket", "must not be empty");
         }
+        if self
+            .control
+            .companion_socket
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return bad("control.companion_socket", "must not be empty");
+        }
         if let Err((key, message)) = self.metrics.check() {
             return bad(key, message);
         }
@@ -477,6 +521,20 @@ impl Config {
             .socket
             .clone()
             .unwrap_or_else(|| self.data_dir.join("control.sock"))
+    }
+
+    /// The directory of the sockets tasks use (`graphite.sock`, `companion.sock`): the one
+    /// directory a task's companion mounts.
+    pub fn task_socket_dir(&self) -> PathBuf {
+        self.data_dir.join("task")
+    }
+
+    /// The companion API's socket.
+    pub fn companion_socket(&self) -> PathBuf {
+        self.control
+            .companion_socket
+            .clone()
+            .unwrap_or_else(|| self.task_socket_dir().join("companion.sock"))
     }
 
     /// The SQLite state file.

@@ -34,6 +34,11 @@ pub struct S3SinkConfig {
     pub task_settle: Duration,
     /// Attempts per S3 request by the SDK before the upload is tried again at the next sync.
     pub max_attempts: u32,
+    /// The most the local spool (`<data_dir>/s3/`: lines not yet in S3) may hold. Past it
+    /// (S3 down or slow for long), what is spooled is sealed for upload and the sink takes
+    /// no more batches until uploads make room: the tailers wait and the log files are the
+    /// buffer, so the disk never fills with the spool.
+    pub max_spool_bytes: u64,
 }
 
 impl Default for S3SinkConfig {
@@ -48,6 +53,7 @@ impl Default for S3SinkConfig {
             chunk_bytes: 256 * 1024 * 1024,
             task_settle: Duration::from_secs(10),
             max_attempts: 3,
+            max_spool_bytes: 2 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -69,6 +75,9 @@ impl S3SinkConfig {
         }
         if self.chunk_bytes < 1024 * 1024 {
             return bad("chunk_bytes", "must be at least 1048576");
+        }
+        if self.max_spool_bytes < self.chunk_bytes {
+            return bad("max_spool_bytes", "must be at least chunk_bytes");
         }
         if self.max_attempts == 0 {
             return bad("max_attempts", "must be at least 1");

@@ -34,9 +34,11 @@
 //! - `tap.rs`: observers on the shipper's sink list (read and delivery counts, `tail` feed).
 //! - `server.rs`: the listener and the routes above.
 //! - `client.rs`: the CLI's side.
+//! - `companion.rs`: the companion API, on its own socket (the drain barrier, `crate::drain`).
 //! - `metrics.rs`: the Prometheus text.
 
 mod client;
+mod companion;
 mod metrics;
 mod server;
 mod tap;
@@ -45,13 +47,16 @@ mod view;
 use std::path::PathBuf;
 
 pub use client::{ControlClient, percent_decode, percent_encode};
+pub use companion::CompanionServer;
 pub use metrics::render_metrics;
 pub use server::{ControlServer, ControlState};
 pub use tap::{
     CountingSink, DeliveryTap, LastError, ReadTap, SinkStats, TAIL_CHANNEL_BATCHES, TailBatch,
     TailLine, TailSender,
 };
-pub use view::{Delivered, InventoryView, LiveContainer, LiveSource};
+pub use view::{
+    Delivered, InventoryView, LiveContainer, LiveSource, MAX_REMOVED_KEPT, REMOVED_KEPT_FOR,
+};
 
 /// Errors of the control API, on both sides.
 #[derive(Debug, thiserror::Error)]

@@ -41,7 +41,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// How often a `tail` stream checks whether its containers have all ended.
 const TAIL_END_CHECK: Duration = Duration::from_millis(250);
 
-type ResponseBody = BoxBody<Bytes, Infallible>;
+pub(super) type ResponseBody = BoxBody<Bytes, Infallible>;
 
 /// What the routes read.
 pub struct ControlState {
@@ -211,7 +211,7 @@ async fn serve_connection(
 }
 
 /// A query string's parameters, decoded.
-fn params(query: Option<&str>) -> Vec<(String, String)> {
+pub(super) fn params(query: Option<&str>) -> Vec<(String, String)> {
     query
         .unwrap_or("")
         .split('&')
@@ -503,7 +503,7 @@ fn json_response<T: serde::Serialize>(status: StatusCode, v: &T) -> Response<Res
     }
 }
 
-fn text(
+pub(super) fn text(
     status: StatusCode,
     body: impl Into<Bytes>,
     content_type: &'static str,
@@ -519,7 +519,7 @@ fn text(
 }
 
 /// A response body fed by a channel: one chunk per message.
-struct ChannelBody(mpsc::Receiver<Bytes>);
+pub(super) struct ChannelBody(pub(super) mpsc::Receiver<Bytes>);
 
 impl Body for ChannelBody {
     type Data = Bytes;
@@ -673,6 +673,7 @@ fn tail_lines(b: &TailBatch) -> Bytes {
         }
         crate::batch::SourceKind::ContainerOutput => (None, false),
         crate::batch::SourceKind::Lifecycle => (None, true),
+        crate::batch::SourceKind::Metrics => (Some("(metrics)".to_owned()), false),
     };
     let mut out = Vec::new();
     for l in &b.lines {

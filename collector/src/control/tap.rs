@@ -224,6 +224,10 @@ impl Sink for CountingSink {
         self.inner.name()
     }
 
+    fn buffer(&self) -> Option<crate::ship::BufferSettings> {
+        self.inner.buffer()
+    }
+
     fn send_batch<'a>(&'a mut self, batch: &'a Batch) -> BoxFuture<'a, Result<(), SinkError>> {
         let sent = self.inner.send_batch(batch);
         let stats = &self.stats;

@@ -13,6 +13,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::SystemTime;
 
 use crate::batch::{Batch, SourceInfo};
+use crate::drain::DrainStatus;
 use crate::identify::{ContainerId, ContainerIdentity, DockerContainerInfo};
 use crate::state::Lifecycle;
 
@@ -31,9 +32,20 @@ pub struct LiveContainer {
     pub seen_by: Vec<&'static str>,
     /// Its log sources, by key.
     pub sources: BTreeMap<String, LiveSource>,
-    /// When the inventory saw it removed: the view forgets it with the history.
+    /// When the inventory saw it removed: the view forgets it after a while (see
+    /// [`MAX_REMOVED_KEPT`] and [`REMOVED_KEPT_FOR`]); the history keeps it.
     pub removed_at: Option<SystemTime>,
 }
+
+/// The most removed containers the view keeps (the most recently removed). Each costs some
+/// kilobytes (identity, Docker's view, sources): kept for the history's retention (7 days by
+/// default), a host starting 15 containers a minute grew by 0.25 MiB a minute
+/// (`cargo xtask soak`). `inspect` reads older ones from the history database.
+pub const MAX_REMOVED_KEPT: usize = 256;
+
+/// How long the view keeps a removed container at most (the history keeps it for its
+/// retention): long enough for `inspect` to show its last delivery and its task's drain.
+pub const REMOVED_KEPT_FOR: std::time::Duration = std::time::Duration::from_secs(10 * 60);
 
 /// A log source the inventory started a tailer for.
 #[derive(Clone, Debug)]
@@ -69,6 +81,8 @@ struct ViewState {
     containers: HashMap<ContainerId, LiveContainer>,
     /// By source key.
     delivered: HashMap<String, Delivered>,
+    /// The latest drain of each task, by task id.
+    drains: HashMap<String, DrainStatus>,
 }
 
 /// Cheap-clone handle to the live view; see the module docs.
@@ -115,7 +129,8 @@ impl InventoryView {
             sources: BTreeMap::new(),
             removed_at: None,
         });
-        if lifecycle == Lifecycle::Removed && entry.removed_at.is_none() {
+        let newly_removed = lifecycle == Lifecycle::Removed && entry.removed_at.is_none();
+        if newly_removed {
             entry.removed_at = Some(SystemTime::now());
         }
         entry.identity = identity;
@@ -125,6 +140,9 @@ impl InventoryView {
             entry.docker = docker.cloned();
         }
         entry.seen_by = seen_by;
+        if newly_removed {
+            forget_removed_over(&mut state, MAX_REMOVED_KEPT);
+        }
     }
 
     /// A tailer was started for a source.
@@ -170,6 +188,16 @@ impl InventoryView {
             .insert(batch.ack.source.clone(), delivered);
     }
 
+    /// Records where a task's drain stands (the drain barrier, at each evaluation).
+    pub fn record_drain(&self, task_id: &str, status: DrainStatus) {
+        self.write().drains.insert(task_id.to_owned(), status);
+    }
+
+    /// The latest drain of a task.
+    pub fn drain(&self, task_id: &str) -> Option<DrainStatus> {
+        self.read().drains.get(task_id).cloned()
+    }
+
     /// Marks the inventory ready (it has taken a first full scan in).
     pub fn mark_ready(&self) {
         self.ready.store(true, Ordering::Relaxed);
@@ -205,15 +233,47 @@ impl InventoryView {
             .filter(|(_, c)| c.removed_at.is_some_and(|t| t < cutoff))
             .map(|(id, _)| id.clone())
             .collect();
-        for id in &gone {
-            if let Some(c) = state.containers.remove(id) {
-                for key in c.sources.keys() {
-                    state.delivered.remove(key);
-                }
-            }
-        }
+        forget(&mut state, &gone);
         gone.len()
     }
+}
+
+/// Forgets the longest-removed containers while more than `cap` removed ones are kept.
+fn forget_removed_over(state: &mut ViewState, cap: usize) {
+    let mut removed: Vec<(SystemTime, ContainerId)> = state
+        .containers
+        .iter()
+        .filter_map(|(id, c)| Some((c.removed_at?, id.clone())))
+        .collect();
+    if removed.len() <= cap {
+        return;
+    }
+    removed.sort();
+    let over = removed.len() - cap;
+    let gone: Vec<ContainerId> = removed.into_iter().take(over).map(|(_, id)| id).collect();
+    forget(state, &gone);
+}
+
+/// Drops containers with their sources' positions, and the drains of tasks left with no
+/// container in the view.
+fn forget(state: &mut ViewState, gone: &[ContainerId]) {
+    if gone.is_empty() {
+        return;
+    }
+    for id in gone {
+        if let Some(c) = state.containers.remove(id) {
+            for key in c.sources.keys() {
+                state.delivered.remove(key);
+            }
+        }
+    }
+    let tasks: std::collections::HashSet<String> = state
+        .containers
+        .values()
+        .filter_map(|c| c.identity.ecs.as_ref()?.task_id.as_ref())
+        .map(|t| t.as_str().to_owned())
+        .collect();
+    state.drains.retain(|t, _| tasks.contains(t));
 }
 
 #[cfg(test)]
@@ -257,5 +317,29 @@ mod tests {
         assert!(!view.is_ready());
         view.mark_ready();
         assert!(view.clone().is_ready());
+    }
+
+    /// Container churn does not grow the view: past `MAX_REMOVED_KEPT` removed containers,
+    /// the longest-removed go; running ones always stay.
+    #[test]
+    fn removed_containers_are_bounded() {
+        let view = InventoryView::new();
+        let running = identity('f');
+        view.publish_container(running.clone(), Lifecycle::Running, None, None, vec![]);
+        let ids: Vec<Arc<ContainerIdentity>> = (0..MAX_REMOVED_KEPT + 40)
+            .map(|i| {
+                Arc::new(ContainerIdentity::new(
+                    ContainerId::parse(&format!("{i:064x}")).unwrap(),
+                ))
+            })
+            .collect();
+        for id in &ids {
+            view.publish_container(id.clone(), Lifecycle::Running, None, None, vec![]);
+            view.publish_container(id.clone(), Lifecycle::Removed, None, None, vec![]);
+        }
+        assert_eq!(view.containers().len(), MAX_REMOVED_KEPT + 1);
+        assert!(view.container(&running.container_id).is_some());
+        let last = &ids[ids.len() - 1].container_id;
+        assert!(view.container(last).is_some(), "the latest removed is kept");
     }
 }

@@ -52,8 +52,13 @@ pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(600);
 /// "Not found" is cached briefly: the agent records a container's `DockerId` only after
 /// `docker create` returns, so Docker's `create` event can reach us before the agent knows.
 pub const DEFAULT_NEGATIVE_CACHE_TTL: Duration = Duration::from_secs(10);
-/// After a connection failure or timeout, the agent is not asked again for this long.
+/// After connection failures or timeouts in a row, the agent is not asked again for at most
+/// this long: the pause starts at [`FIRST_UNREACHABLE_BACKOFF`] and doubles per failure.
 pub const DEFAULT_UNREACHABLE_BACKOFF: Duration = Duration::from_secs(30);
+/// The pause after a first failure. One timeout on a busy host (the agent answers from
+/// memory, but a loaded machine can delay it past [`DEFAULT_TIMEOUT`]) must not leave the
+/// containers starting in the next half minute without their task.
+pub const FIRST_UNREACHABLE_BACKOFF: Duration = Duration::from_millis(500);
 /// Cap on a response body: one task object is a few KiB; a bigger answer is not the agent.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Cap on cached container answers, so a host that churns containers does not grow the
@@ -133,6 +138,15 @@ pub enum EcsAgentError {
 }
 
 impl EcsAgentError {
+    /// How long until the agent is asked again: what is left of the back-off, or (for the
+    /// failure that starts it) the first pause.
+    pub fn retry_in(&self) -> Duration {
+        match self {
+            Self::AgentUnavailable { retry_in, .. } => *retry_in,
+            _ => FIRST_UNREACHABLE_BACKOFF,
+        }
+    }
+
     /// True when the agent could not be reached at all (refused, timed out, or in back-off),
     /// as opposed to answering something wrong; callers count the two separately.
     pub fn is_unreachable(&self) -> bool {
@@ -618,8 +632,9 @@ pub struct EcsAgentSettings {
     pub cache_ttl: Duration,
     /// How long "no such container" is reused (default [`DEFAULT_NEGATIVE_CACHE_TTL`]).
     pub negative_cache_ttl: Duration,
-    /// How long to stop asking after the agent could not be reached (default
-    /// [`DEFAULT_UNREACHABLE_BACKOFF`]).
+    /// The longest pause in asking after the agent could not be reached (default
+    /// [`DEFAULT_UNREACHABLE_BACKOFF`]); the pause starts at [`FIRST_UNREACHABLE_BACKOFF`]
+    /// (or this, when smaller) and doubles with each failure in a row.
     pub unreachable_backoff: Duration,
 }
 
@@ -644,6 +659,8 @@ struct Cache {
     metadata: Option<(Instant, AgentMetadata)>,
     /// Set after a connection failure or timeout: no request before this instant.
     unreachable_until: Option<Instant>,
+    /// The pause the next failure in a row sets; back to the first pause on an answer.
+    next_backoff: Option<Duration>,
 }
 
 /// A client of one ECS agent's introspection API, with caching and back-off (see the module
@@ -904,18 +921,25 @@ impl EcsAgentClient {
         let mut cache = self.lock();
         match &result {
             Err(error) if error.is_unreachable() => {
+                let max = self.settings.unreachable_backoff;
+                let backoff = cache
+                    .next_backoff
+                    .unwrap_or(FIRST_UNREACHABLE_BACKOFF)
+                    .min(max);
                 if cache.unreachable_until.is_none() {
                     tracing::info!(
                         base_uri = %self.base,
-                        backoff = ?self.settings.unreachable_backoff,
+                        ?backoff,
                         %error,
                         "ECS agent unreachable; backing off.",
                     );
                 }
-                cache.unreachable_until = Some(Instant::now() + self.settings.unreachable_backoff);
+                cache.unreachable_until = Some(Instant::now() + backoff);
+                cache.next_backoff = Some((backoff * 2).min(max));
             }
             // It answered, even if wrongly: it is reachable.
             _ => {
+                cache.next_backoff = None;
                 if cache.unreachable_until.take().is_some() {
                     tracing::info!(base_uri = %self.base, "ECS agent reachable again.");
                 }
@@ -1378,6 +1402,35 @@ mod tests {
             "{err:?}"
         );
         assert_eq!(agent.hits.load(Ordering::SeqCst), 2);
+    }
+
+    /// The pause after failures in a row starts at half a second and doubles up to the
+    /// configured maximum: one slow answer does not stop lookups for long.
+    #[tokio::test]
+    async fn the_back_off_doubles_from_half_a_second() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let uri = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let client = EcsAgentClient::from_settings(EcsAgentSettings {
+            base_uri: uri,
+            ..EcsAgentSettings::default()
+        })
+        .unwrap();
+        let id = cid(DOCKERID_FIXTURE_ID);
+        let retry_in = |err: EcsAgentError| match err {
+            EcsAgentError::AgentUnavailable { retry_in, .. } => retry_in,
+            other => panic!("{other:?}"),
+        };
+        assert!(client.task_for_container(&id).await.is_err());
+        let first = retry_in(client.task_for_container(&id).await.unwrap_err());
+        assert!(first <= FIRST_UNREACHABLE_BACKOFF, "{first:?}");
+        tokio::time::sleep(first + Duration::from_millis(20)).await;
+        assert!(client.task_for_container(&id).await.is_err());
+        let second = retry_in(client.task_for_container(&id).await.unwrap_err());
+        assert!(
+            second > FIRST_UNREACHABLE_BACKOFF && second <= FIRST_UNREACHABLE_BACKOFF * 2,
+            "{second:?}"
+        );
     }
 
     #[tokio::test]

@@ -33,6 +33,12 @@ pub const KUBERNETES_CONTAINER_NAME: &str = "io.kubernetes.container.name";
 /// Our own label: comma-separated globs of absolute paths *inside* the container whose files
 /// the collector tails in addition to the container's stdout/stderr log.
 pub const COLLECTOR_LOGS: &str = "collector.logs";
+/// Our own label: `companion` marks the task's companion shim (`collector taskdef inject`
+/// sets it). The drain barrier does not wait for that container (it is the one asking), and
+/// the S3 task archive leaves it out (it runs until after the archive is complete).
+pub const COLLECTOR_ROLE: &str = "collector.role";
+/// The value of [`COLLECTOR_ROLE`] on the companion shim.
+pub const ROLE_COMPANION: &str = "companion";
 
 /// Reads the `com.amazonaws.ecs.*` labels. Returns `None` when none of them is present (not an
 /// ECS container).

@@ -385,6 +385,11 @@ pub struct ContainerIdentity {
 }
 
 impl ContainerIdentity {
+    /// Whether this is a task's companion shim ([`labels::COLLECTOR_ROLE`]).
+    pub fn is_companion(&self) -> bool {
+        self.labels.get(labels::COLLECTOR_ROLE).map(String::as_str) == Some(labels::ROLE_COMPANION)
+    }
+
     /// A bare identity: only the id is known.
     pub fn new(container_id: ContainerId) -> Self {
         Self {

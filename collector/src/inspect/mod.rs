@@ -272,6 +272,9 @@ pub struct TaskView {
     pub revision: Option<u32>,
     /// Every container of the task known here.
     pub containers: Vec<TaskMember>,
+    /// Its companion's latest drain, while the daemon remembers the task (live only).
+    #[serde(default)]
+    pub drain: Option<crate::drain::DrainStatus>,
 }
 
 /// A container of a task, in one line.

@@ -639,6 +639,16 @@ fn find_cgroup_by_id(layout: &CgroupLayout, id: u64) -> Option<String> {
     None
 }
 
+/// A daemon started after the container's cgroup was removed never saw it (its scans come
+/// too late); the history keeps what an earlier daemon saw (`record_container` coalesces).
+/// Taken whole, path and inode together, only when the daemon has neither.
+fn cgroup_from_history(identity: &mut ContainerIdentity, history: &ContainerIdentity) {
+    if identity.cgroup_path.is_none() && identity.cgroup_id.is_none() {
+        identity.cgroup_path.clone_from(&history.cgroup_path);
+        identity.cgroup_id = history.cgroup_id;
+    }
+}
+
 /// Gathers one container's chain.
 fn container_view(world: &World, id: &ContainerId) -> Result<ContainerView, InspectError> {
     let live = world.view().and_then(|v| v.container(id));
@@ -663,6 +673,9 @@ fn container_view(world: &World, id: &ContainerId) -> Result<ContainerView, Insp
         .map(|l| (*l.identity).clone())
         .or_else(|| record.as_ref().map(|r| r.identity.clone()))
         .unwrap_or_else(|| ContainerIdentity::new(id.clone()));
+    if let Some(r) = &record {
+        cgroup_from_history(&mut identity, &r.identity);
+    }
     if let Some(d) = &docker {
         identity.docker_name.get_or_insert_with(|| d.name.clone());
         identity.image.get_or_insert_with(|| d.image.clone());
@@ -1147,7 +1160,9 @@ fn destination_views(
                         SourceKind::ContainerOutput => {
                             &[Some(StdStream::Stdout), Some(StdStream::Stderr)]
                         }
-                        SourceKind::DeclaredFile { .. } | SourceKind::Lifecycle => &[None],
+                        SourceKind::DeclaredFile { .. }
+                        | SourceKind::Lifecycle
+                        | SourceKind::Metrics => &[None],
                     };
                     streams
                         .iter()
@@ -1203,8 +1218,10 @@ fn task_view(
         });
     }
     list.sort_by(|a, b| a.name.cmp(&b.name));
+    let task_id = members.task_id.unwrap_or_else(|| task_id.to_owned());
     Ok(TaskView {
-        task_id: members.task_id.unwrap_or_else(|| task_id.to_owned()),
+        drain: world.view().and_then(|v| v.drain(&task_id)),
+        task_id,
         task_arn: ecs.task_arn.as_ref().map(|a| a.as_str().to_owned()),
         cluster: ecs.cluster.clone().or_else(|| {
             ecs.task_arn
@@ -1487,6 +1504,28 @@ mod tests {
         assert_eq!(
             (o.containers.len(), o.hidden_removed, o.tasks.len()),
             (2, 1, 1)
+        );
+    }
+
+    #[test]
+    fn a_cgroup_the_daemon_never_saw_comes_from_the_history() {
+        let id = ContainerId::parse(&"c".repeat(64)).unwrap();
+        let mut history = ContainerIdentity::new(id.clone());
+        history.cgroup_path = Some(format!("/ecs/{}/{id}", "0".repeat(32)));
+        history.cgroup_id = Some(crate::identify::CgroupId(107_888));
+        let mut live = ContainerIdentity::new(id.clone());
+        cgroup_from_history(&mut live, &history);
+        assert_eq!(
+            (live.cgroup_path.as_deref(), live.cgroup_id),
+            (history.cgroup_path.as_deref(), history.cgroup_id)
+        );
+        // What the daemon saw is never mixed with an older run's inode.
+        let mut live = ContainerIdentity::new(id);
+        live.cgroup_path = Some("/system.slice/docker.scope".to_owned());
+        cgroup_from_history(&mut live, &history);
+        assert_eq!(
+            (live.cgroup_path.as_deref(), live.cgroup_id),
+            (Some("/system.slice/docker.scope"), None)
         );
     }
 

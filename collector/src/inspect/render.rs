@@ -161,6 +161,43 @@ fn task_section(t: &TaskView, this: Option<&str>, s: Style) -> Section {
         })
         .collect();
     sec.row("containers", members.join("\n"));
+    if let Some(d) = &t.drain {
+        let waiting: Vec<String> = d
+            .containers
+            .iter()
+            .filter(|m| m.state != crate::drain::MemberState::Done)
+            .map(|m| {
+                format!(
+                    "{} {}",
+                    m.name,
+                    serde_json::to_value(m.state)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default()
+                )
+            })
+            .collect();
+        let phase = match d.phase {
+            crate::drain::Phase::Exited => "exited",
+            crate::drain::Phase::Drained => "drained",
+        };
+        let mut line = format!(
+            "{} (phase {phase}, asked by {} at {})",
+            d.state,
+            &d.caller[..12.min(d.caller.len())],
+            d.requested_at
+        );
+        if let Some(at) = &d.finished_at {
+            line.push_str(&format!(", finished {at}"));
+        }
+        if !waiting.is_empty() {
+            line.push_str(&format!("; waiting for {}", waiting.join(", ")));
+        }
+        if let Some(s3) = &d.s3 {
+            line.push_str(&format!("; S3 {s3}"));
+        }
+        sec.row("drain", line);
+    }
     sec
 }
 

@@ -43,9 +43,21 @@ const ADDRESS_TTL: Duration = Duration::from_secs(30);
 struct AddressMap {
     /// Each running container's addresses, with its labels.
     by_ip: HashMap<IpAddr, (ContainerId, Arc<BTreeMap<String, String>>)>,
+    /// Addresses of running containers' network namespaces that Docker does not know
+    /// (awsvpc tasks: the ECS CNI plugins configure them), found in procfs.
+    by_netns_ip: HashMap<IpAddr, ContainerId>,
     /// When Docker was last asked: bounds how often a miss asks again.
     refreshed: Option<Instant>,
+    /// Addresses still unknown after a refresh that a sender waited for, and when: such a
+    /// sender (another host, the host itself) does not wait again for [`UNKNOWN_TTL`].
+    unknown: HashMap<IpAddr, Instant>,
 }
+
+/// How long an address found unknown after waiting for a refresh is not waited for again.
+const UNKNOWN_TTL: Duration = Duration::from_secs(10);
+
+/// The most addresses remembered as unknown (then forgotten at once).
+const MAX_UNKNOWN: usize = 4096;
 
 /// Finds the container (and task) behind a peer.
 #[derive(Debug)]
@@ -205,6 +217,43 @@ impl Attributor {
         }
     }
 
+    /// As [`Self::by_address`], for a sender that can wait (a TCP connection is served by a
+    /// task of its own; UDP datagrams of unknown senders go through a queue of their own,
+    /// [`super::listen`]): when the address is unknown, waits for the next allowed refresh of
+    /// the addresses (at most [`REFRESH_MIN_INTERVAL`]) and looks again. Otherwise a container
+    /// that connects within a second of another lookup, before its address was listed, stays
+    /// unattributed for the whole connection. Loopback peers (the host itself, or a container
+    /// in the host's network namespace, found by socket instead) do not wait.
+    pub async fn by_address_waiting(&self, ip: IpAddr) -> Arc<Origin> {
+        let origin = self.by_address(ip).await;
+        if !origin.is_unattributed() || ip.is_loopback() {
+            return origin;
+        }
+        let wait = {
+            let map = self.addresses.lock().await;
+            if map
+                .unknown
+                .get(&ip)
+                .is_some_and(|at| at.elapsed() < UNKNOWN_TTL)
+            {
+                return origin;
+            }
+            map.refreshed.map_or(Duration::ZERO, |at| {
+                REFRESH_MIN_INTERVAL.saturating_sub(at.elapsed())
+            })
+        };
+        tokio::time::sleep(wait).await;
+        let origin = self.by_address(ip).await;
+        if origin.is_unattributed() {
+            let mut map = self.addresses.lock().await;
+            if map.unknown.len() >= MAX_UNKNOWN {
+                map.unknown.clear();
+            }
+            map.unknown.insert(ip, Instant::now());
+        }
+        origin
+    }
+
     /// The sender behind a TCP or UDP peer address.
     pub async fn by_address(&self, ip: IpAddr) -> Arc<Origin> {
         let ip = match ip {
@@ -213,8 +262,12 @@ impl Attributor {
         };
         let mut map = self.addresses.lock().await;
         let fresh = map.refreshed.is_some_and(|at| at.elapsed() < ADDRESS_TTL);
-        let cached = map.by_ip.get(&ip).cloned();
-        let still_running = cached.as_ref().is_some_and(|(id, _)| {
+        let cached = map
+            .by_ip
+            .get(&ip)
+            .map(|(id, _)| id.clone())
+            .or_else(|| map.by_netns_ip.get(&ip).cloned());
+        let still_running = cached.as_ref().is_some_and(|id| {
             self.view
                 .container(id)
                 .is_none_or(|c| c.lifecycle == Lifecycle::Running)
@@ -237,12 +290,33 @@ impl Attributor {
                     debug!(error = %crate::internal_events::chain(&e), "Cannot list container addresses.");
                 }
             }
+            let running: Vec<(ContainerId, i32, bool)> = self
+                .view
+                .containers()
+                .into_iter()
+                .filter(|c| c.lifecycle == Lifecycle::Running)
+                .filter_map(|c| {
+                    let preferred = !c.identity.is_companion()
+                        && !c.identity.display_name().starts_with("~internal~");
+                    Some((c.identity.container_id.clone(), c.pid?, preferred))
+                })
+                .collect();
+            let procfs = self.procfs_root.clone();
+            map.by_netns_ip =
+                tokio::task::spawn_blocking(move || netns_addresses(&procfs, running))
+                    .await
+                    .unwrap_or_default();
             map.refreshed = Some(Instant::now());
+            debug!(%ip, addresses = map.by_ip.len(), netns_addresses = map.by_netns_ip.len(), "Sender addresses refreshed.");
         }
-        match map.by_ip.get(&ip).cloned() {
-            Some((id, labels)) => {
+        if let Some((id, labels)) = map.by_ip.get(&ip).cloned() {
+            drop(map);
+            return self.origin_of(&id, None, Some(&labels), "peer_address");
+        }
+        match map.by_netns_ip.get(&ip).cloned() {
+            Some(id) => {
                 drop(map);
-                self.origin_of(&id, None, Some(&labels), "peer_address")
+                self.origin_of(&id, None, None, "peer_netns")
             }
             None => Arc::new(Origin::unattributed()),
         }
@@ -285,6 +359,35 @@ impl Attributor {
         origins.insert(id.clone(), (origin.clone(), Instant::now()));
         origin
     }
+}
+
+/// The addresses of running containers' network namespaces, each namespace read once, the
+/// collector's own (host network mode: [`super::netns`] finds those senders by socket) left
+/// out. Containers sharing a namespace (an awsvpc task) are one sender: a `preferred` one
+/// (not the companion, not the ECS agent's pause container) is named, the lowest id first.
+fn netns_addresses(
+    procfs_root: &std::path::Path,
+    mut containers: Vec<(ContainerId, i32, bool)>,
+) -> HashMap<IpAddr, ContainerId> {
+    use std::os::unix::fs::MetadataExt as _;
+    let own = std::fs::metadata(procfs_root.join("self/ns/net"))
+        .ok()
+        .map(|m| m.ino());
+    containers.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
+    let mut seen = std::collections::HashSet::new();
+    let mut out = HashMap::new();
+    for (id, pid, _) in containers {
+        let Some((ns, ips)) = super::netns::local_addresses(procfs_root, pid) else {
+            continue;
+        };
+        if Some(ns) == own || !seen.insert(ns) {
+            continue;
+        }
+        for ip in ips {
+            out.entry(ip).or_insert_with(|| id.clone());
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ pub struct MetricsConfig {
     /// Graphite plaintext over UDP, one or more lines per datagram. Empty to disable.
     pub udp: String,
     /// Graphite plaintext over a unix stream socket, attributed by the peer's credentials
-    /// (the surest way: no address to spoof). Defaults to `<data_dir>/graphite.sock`; mode
+    /// (the surest way: no address to spoof). Defaults to `<data_dir>/task/graphite.sock`; mode
     /// 0666 so non-root processes in containers can write to it once it is bind-mounted.
     /// Give it a directory of its own and bind-mount the directory: the socket is made anew
     /// at each start, and a bind-mounted socket file would stay the old one.
@@ -62,12 +62,53 @@ pub struct MetricsConfig {
     pub history_per_path: usize,
     /// Distinct metric paths kept per task; samples of further paths are dropped and counted.
     pub max_paths_per_task: usize,
+    /// How long received samples may be held in memory before they are written to the state
+    /// database. The store coalesces them per path meanwhile (latest value, count, newest
+    /// `history_per_path` samples), so a write costs the same however many samples a path
+    /// got: a longer interval means fewer writes, and the control API and `inspect` lagging
+    /// by up to this much. A drain barrier and shutdown write at once; the buffer is also
+    /// written early when it holds 20,000 paths or 250,000 history samples, so memory stays
+    /// bounded whatever the input rate.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
     /// Chunks (the samples of one read or one datagram) buffered between the listeners and
     /// the store. Bounded: when full, UDP samples are dropped and counted and TCP/unix
     /// senders wait (their socket buffers fill, so they slow down).
     pub channel_chunks: usize,
     /// Forwarding to a Graphite server.
     pub carbon: CarbonConfig,
+    /// CloudWatch Embedded Metric Format lines in each sending container's log stream.
+    pub emf: EmfConfig,
+}
+
+/// The EMF output: each interval, the samples of each sending container become JSON lines
+/// in the CloudWatch Embedded Metric Format
+/// (<https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/CloudWatch_Embedded_Metric_Format_Specification.html>),
+/// delivered like the container's own lines (source `metrics`: `{stream}` is `metrics` in
+/// the sinks' templates), so CloudWatch Logs turns them into metrics of the task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmfConfig {
+    /// Off by default.
+    pub enabled: bool,
+    /// The CloudWatch metric namespace.
+    pub namespace: String,
+    /// How often each container's samples are written (one value array per path).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Chunks buffered for the EMF writer; beyond, samples are dropped (counted).
+    pub queue_chunks: usize,
+}
+
+impl Default for EmfConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            namespace: "ECS/Tasks".to_owned(),
+            interval: Duration::from_secs(60),
+            queue_chunks: 4096,
+        }
+    }
 }
 
 impl Default for MetricsConfig {
@@ -90,8 +131,10 @@ impl Default for MetricsConfig {
             retention: Duration::from_secs(7 * 24 * 3600),
             history_per_path: 100,
             max_paths_per_task: 10_000,
+            flush_interval: Duration::from_secs(1),
             channel_chunks: 1024,
             carbon: CarbonConfig::default(),
+            emf: EmfConfig::default(),
         }
     }
 }
@@ -190,11 +233,25 @@ impl MetricsConfig {
                 "queues must hold at least 1 sample",
             ));
         }
+        if self.flush_interval < Duration::from_millis(10)
+            || self.flush_interval > Duration::from_secs(600)
+        {
+            return Err(("metrics.flush_interval", "must be between 10ms and 10min"));
+        }
         if self.retention.is_zero() {
             return Err(("metrics.retention", "must be more than zero"));
         }
         if self.statsd_flush_interval < Duration::from_millis(100) {
             return Err(("metrics.statsd_flush_interval", "must be at least 100ms"));
+        }
+        if self.emf.interval < Duration::from_secs(1) || self.emf.queue_chunks == 0 {
+            return Err((
+                "metrics.emf.interval",
+                "interval must be at least 1s and queue_chunks at least 1",
+            ));
+        }
+        if self.emf.namespace.is_empty() || self.emf.namespace.len() > 255 {
+            return Err(("metrics.emf.namespace", "must be 1 to 255 characters"));
         }
         if !self.carbon.template.contains("{path}")
             || !self.carbon.unattributed_template.contains("{path}")

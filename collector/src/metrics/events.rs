@@ -41,6 +41,10 @@ pub struct MetricsCounters {
     pub listener_errors: AtomicU64,
     /// StatsD lines rejected (any reason).
     pub statsd_rejected: AtomicU64,
+    /// EMF lines handed to the shipper.
+    pub emf_lines: AtomicU64,
+    /// Samples the EMF writer dropped (queue full, over a bound, not a metric name).
+    pub emf_dropped: AtomicU64,
 }
 
 /// The counters.
@@ -59,6 +63,8 @@ pub static COUNTERS: MetricsCounters = MetricsCounters {
     forward_errors: AtomicU64::new(0),
     listener_errors: AtomicU64::new(0),
     statsd_rejected: AtomicU64::new(0),
+    emf_lines: AtomicU64::new(0),
+    emf_dropped: AtomicU64::new(0),
 };
 
 /// Adds `n` to a counter.
@@ -94,6 +100,10 @@ pub mod names {
     pub const LISTENER_ERRORS: &str = "collector_metrics_listener_errors_total";
     /// StatsD lines rejected.
     pub const STATSD_REJECTED: &str = "collector_metrics_statsd_rejected_lines_total";
+    /// EMF lines written.
+    pub const EMF_LINES: &str = "collector_metrics_emf_lines_total";
+    /// Samples the EMF writer dropped.
+    pub const EMF_DROPPED: &str = "collector_metrics_emf_dropped_samples_total";
 }
 
 /// Appends the metrics-ingest families to a Prometheus text exposition.
@@ -187,6 +197,16 @@ pub fn render(out: &mut String) {
             names::STATSD_REJECTED,
             "StatsD lines rejected.",
             &c.statsd_rejected,
+        ),
+        (
+            names::EMF_LINES,
+            "CloudWatch Embedded Metric Format lines handed to the sinks.",
+            &c.emf_lines,
+        ),
+        (
+            names::EMF_DROPPED,
+            "Samples the EMF writer dropped (queue full, over a bound, or not a metric name).",
+            &c.emf_dropped,
         ),
     ] {
         family(out, name, help, &[("", "", load(counter))]);

@@ -5,15 +5,15 @@
 //! A listener that cannot bind (a busy port) logs, counts and retries every
 //! [`BIND_RETRY`]: the collector's logs never stop for a metrics port.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket, UnixListener};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -146,23 +146,30 @@ impl Ingest {
         (n > 0 || chunk.rejected > 0 || chunk.rate_limited > 0).then_some(chunk)
     }
 
-    /// Reads a stream to its end (or `stop`), sending one chunk per read.
+    /// Reads a stream to its end (or `stop`), sending one chunk per read. True when the peer
+    /// ended it (end of file) and every line read is in the store's queue, behind which a
+    /// drain's store barrier waits.
     async fn serve_stream<S>(
         &self,
-        mut stream: S,
+        stream: &mut S,
         origin: Arc<Origin>,
         transport: Transport,
         stop: CancellationToken,
-    ) where
+    ) -> bool
+    where
         S: tokio::io::AsyncRead + Unpin,
     {
         let mut framer = LineFramer::new(self.max_line_bytes);
         let mut buf = vec![0u8; READ_BYTES];
         loop {
+            let mut peer_ended = false;
             let n = tokio::select! {
-                _ = stop.cancelled() => break,
+                _ = stop.cancelled() => return false,
                 r = tokio::time::timeout(self.idle_timeout, stream.read(&mut buf)) => match r {
-                    Ok(Ok(n)) => n,
+                    Ok(Ok(n)) => {
+                        peer_ended = n == 0;
+                        n
+                    }
                     Ok(Err(e)) => {
                         debug!(error = %e, "Metrics connection read failed.");
                         0
@@ -186,7 +193,7 @@ impl Ingest {
                 self.outputs.send(c).await;
             }
             if n == 0 {
-                break;
+                return peer_ended;
             }
         }
     }
@@ -261,7 +268,7 @@ pub async fn run_tcp(ingest: Arc<Ingest>, address: SocketAddr, stop: Cancellatio
             a = listener.accept() => a,
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
-        let (stream, peer) = match accepted {
+        let (mut stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 // EMFILE and friends: wait rather than spin.
@@ -277,14 +284,14 @@ pub async fn run_tcp(ingest: Arc<Ingest>, address: SocketAddr, stop: Cancellatio
         let (ingest, stop) = (ingest.clone(), stop.clone());
         connections.spawn(async move {
             let _slot = slot;
-            let mut origin = ingest.attributor.by_address(peer.ip()).await;
+            let mut origin = ingest.attributor.by_address_waiting(peer.ip()).await;
             if origin.is_unattributed()
                 && let Ok(local) = stream.local_addr()
             {
                 origin = ingest.attributor.by_tcp_peer(peer, local).await;
             }
             ingest
-                .serve_stream(stream, origin, Transport::Tcp, stop)
+                .serve_stream(&mut stream, origin, Transport::Tcp, stop)
                 .await;
         });
     }
@@ -305,6 +312,8 @@ pub async fn run_udp(ingest: Arc<Ingest>, address: SocketAddr, stop: Cancellatio
     .await;
     let Some(socket) = bound else { return };
     info!(%address, "Graphite UDP listener up.");
+    let (late, late_rx) = mpsc::channel(LATE_DATAGRAMS);
+    tokio::spawn(attribute_late(ingest.clone(), late_rx));
     // The largest UDP payload: a datagram is never cut short.
     let mut buf = vec![0u8; 65_536];
     loop {
@@ -323,6 +332,35 @@ pub async fn run_udp(ingest: Arc<Ingest>, address: SocketAddr, stop: Cancellatio
             origin = ingest.attributor.by_udp_peer(peer).await;
         }
         let chunk = ingest.datagram(&buf[..n], &origin);
+        let chunk = if origin.is_unattributed() && !peer.ip().is_loopback() {
+            // Parsed (and stamped) now; attributed once the addresses may be listed again.
+            match late.try_send((peer.ip(), chunk)) {
+                Ok(()) => continue,
+                Err(
+                    mpsc::error::TrySendError::Full((_, chunk))
+                    | mpsc::error::TrySendError::Closed((_, chunk)),
+                ) => chunk,
+            }
+        } else {
+            chunk
+        };
+        if let Some(c) = ingest.admit(chunk, Transport::Udp) {
+            ingest.outputs.try_send(c);
+        }
+    }
+}
+
+/// How many datagrams of unknown senders wait for a refresh of the container addresses; over
+/// that they are stored unattributed at once (counted as such).
+const LATE_DATAGRAMS: usize = 1024;
+
+/// Datagrams whose sender's address was unknown, attributed in order after waiting (at most
+/// [`super::attribute::REFRESH_MIN_INTERVAL`]) for the next listing of container addresses: a
+/// container that sends as it starts, within a second of another lookup, is otherwise
+/// unattributed. The receive loop never waits.
+async fn attribute_late(ingest: Arc<Ingest>, mut late: mpsc::Receiver<(IpAddr, Chunk)>) {
+    while let Some((ip, mut chunk)) = late.recv().await {
+        chunk.origin = ingest.attributor.by_address_waiting(ip).await;
         if let Some(c) = ingest.admit(chunk, Transport::Udp) {
             ingest.outputs.try_send(c);
         }
@@ -342,7 +380,7 @@ pub async fn run_unix(ingest: Arc<Ingest>, path: PathBuf, stop: CancellationToke
             a = listener.accept() => a,
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
-        let stream = match accepted {
+        let mut stream = match accepted {
             Ok((s, _)) => s,
             Err(e) => {
                 events::add(&COUNTERS.listener_errors, 1);
@@ -368,14 +406,29 @@ pub async fn run_unix(ingest: Arc<Ingest>, path: PathBuf, stop: CancellationToke
         connections.spawn(async move {
             let _slot = slot;
             let origin = ingest.attributor.complete(origin).await;
-            ingest
-                .serve_stream(stream, origin, Transport::Unix, stop)
-                .await;
+            if ingest
+                .serve_stream(&mut stream, origin, Transport::Unix, stop)
+                .await
+            {
+                acknowledge(&mut stream).await;
+            }
         });
     }
     connections.shutdown().await;
     if let Err(e) = std::fs::remove_file(&path) {
         debug!(socket = %path.display(), error = %e, "Metrics socket already gone.");
+    }
+}
+
+/// Answers a unix peer that half-closed its connection: `ok <instance>\n` says every line
+/// it sent is queued for the store (a later drain's barrier covers them) and which run of
+/// the daemon holds them ([`crate::instance`]). The companion's relay flushes this way and
+/// sends its recent lines again when the answer is missing or the run changed. Peers that
+/// closed both ways never read it (the write fails with `EPIPE`, ignored).
+async fn acknowledge(stream: &mut tokio::net::UnixStream) {
+    let ack = format!("ok {}\n", crate::instance::id());
+    if let Err(e) = stream.write_all(ack.as_bytes()).await {
+        debug!(error = %e, "Metrics peer gone before the acknowledgement.");
     }
 }
 
@@ -406,14 +459,12 @@ fn bind_unix(path: &std::path::Path) -> Result<UnixListener, MetricsError> {
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::AsyncWriteExt;
-    use tokio::sync::mpsc;
-
     use super::*;
     use crate::control::InventoryView;
     use crate::discover::docker_api::DockerApi;
+    use crate::metrics::StoreItem;
 
-    fn ingest(config: &MetricsConfig) -> (Arc<Ingest>, mpsc::Receiver<Arc<Chunk>>) {
+    fn ingest(config: &MetricsConfig) -> (Arc<Ingest>, mpsc::Receiver<StoreItem>) {
         let (tx, rx) = mpsc::channel(64);
         let attributor = Arc::new(Attributor::new(
             "/nonexistent".into(),
@@ -423,20 +474,33 @@ mod tests {
         let outputs = Outputs {
             store: tx,
             carbon: None,
+            emf: None,
         };
         (Arc::new(Ingest::new(config, attributor, outputs)), rx)
     }
 
-    #[tokio::test]
-    async fn a_unix_stream_with_bad_lines_keeps_the_good_ones_and_counts_the_rest() {
+    /// `run_unix` on a socket in a temporary directory, once the socket exists.
+    async fn unix_listener() -> (
+        tempfile::TempDir,
+        PathBuf,
+        mpsc::Receiver<StoreItem>,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("g.sock");
-        let (ingest, mut rx) = ingest(&MetricsConfig::default());
+        let (ingest, rx) = ingest(&MetricsConfig::default());
         let stop = CancellationToken::new();
         let task = tokio::spawn(run_unix(ingest, path.clone(), stop.clone()));
         while !path.exists() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        (dir, path, rx, stop, task)
+    }
+
+    #[tokio::test]
+    async fn a_unix_stream_with_bad_lines_keeps_the_good_ones_and_counts_the_rest() {
+        let (_dir, path, mut rx, stop, task) = unix_listener().await;
         let mut s = tokio::net::UnixStream::connect(&path).await.unwrap();
         let now = unix_now();
         s.write_all(format!("good.one 1 {now}\nbad NaN\n\x00\x01\ngood.two 2\nhalf").as_bytes())
@@ -445,10 +509,13 @@ mod tests {
         drop(s);
         let (mut samples, mut rejected) = (Vec::new(), 0);
         while rejected < 3 || samples.len() < 2 {
-            let c = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            let item = tokio::time::timeout(Duration::from_secs(5), rx.recv())
                 .await
                 .unwrap()
                 .unwrap();
+            let StoreItem::Chunk(c) = item else {
+                panic!("only chunks are sent here");
+            };
             samples.extend(c.samples.iter().map(|s| s.path.clone()));
             rejected += c.rejected;
             // The test process is no container.
@@ -459,6 +526,26 @@ mod tests {
         stop.cancel();
         task.await.unwrap();
         assert!(!path.exists(), "socket left behind");
+    }
+
+    /// A peer that half-closes gets `ok <instance>` once its lines are queued for the
+    /// store, and not before: the companion's flush relies on this order.
+    #[tokio::test]
+    async fn a_half_closed_unix_stream_is_acknowledged_after_its_lines_are_queued() {
+        let (_dir, path, mut rx, stop, task) = unix_listener().await;
+        let mut s = tokio::net::UnixStream::connect(&path).await.unwrap();
+        s.write_all(b"a.b 1\nc.d 2\n").await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut ack = String::new();
+        s.read_to_string(&mut ack).await.unwrap();
+        assert_eq!(ack, format!("ok {}\n", crate::instance::id()));
+        let mut paths = Vec::new();
+        while let Ok(StoreItem::Chunk(c)) = rx.try_recv() {
+            paths.extend(c.samples.iter().map(|s| s.path.clone()));
+        }
+        assert_eq!(paths, ["a.b", "c.d"], "queued before the acknowledgement");
+        stop.cancel();
+        task.await.unwrap();
     }
 
     #[tokio::test]

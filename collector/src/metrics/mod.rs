@@ -28,6 +28,7 @@
 //! - `statsd.rs`: StatsD parsing and per-interval aggregation.
 //! - `store.rs`: the writer into the state database (`crate::state` holds the SQL).
 //! - `carbon.rs`: the forwarder to a Graphite server.
+//! - `emf.rs`: CloudWatch Embedded Metric Format lines in each container's log stream.
 //! - `api.rs`: the JSON answers of the control API.
 //! - `events.rs`: counters for `/metrics`.
 
@@ -35,6 +36,7 @@ pub mod api;
 pub mod attribute;
 pub mod carbon;
 pub mod config;
+pub mod emf;
 pub mod events;
 pub mod framing;
 pub mod limit;
@@ -204,11 +206,40 @@ pub struct Chunk {
     pub rate_limited: u64,
 }
 
+/// What the store writer takes, in order.
+#[derive(Debug)]
+pub enum StoreItem {
+    /// Samples to write.
+    Chunk(Arc<Chunk>),
+    /// Answered once every item before it is written: the drain barrier's "every sample of
+    /// this task received so far is stored".
+    Barrier(tokio::sync::oneshot::Sender<()>),
+}
+
 /// Where accepted chunks go: the store writer and, when enabled, the carbon forwarder.
 #[derive(Clone, Debug)]
 pub struct Outputs {
-    store: mpsc::Sender<Arc<Chunk>>,
+    store: mpsc::Sender<StoreItem>,
     carbon: Option<mpsc::Sender<Arc<Chunk>>>,
+    emf: Option<mpsc::Sender<Arc<Chunk>>>,
+}
+
+/// A handle for waiting until everything received so far is stored (the drain barrier).
+#[derive(Clone, Debug)]
+pub struct StoreBarrier {
+    store: mpsc::Sender<StoreItem>,
+}
+
+impl StoreBarrier {
+    /// Waits until every sample queued before this call is written to the state database.
+    /// `false` when the writer has stopped (the daemon is shutting down).
+    pub async fn wait(&self) -> bool {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.store.send(StoreItem::Barrier(tx)).await.is_err() {
+            return false;
+        }
+        rx.await.is_ok()
+    }
 }
 
 impl Outputs {
@@ -218,7 +249,7 @@ impl Outputs {
     pub async fn send(&self, chunk: Chunk) {
         let chunk = Arc::new(chunk);
         self.forward(&chunk);
-        let _ = self.store.send(chunk).await;
+        let _ = self.store.send(StoreItem::Chunk(chunk)).await;
     }
 
     /// Sends a chunk without waiting (UDP): when the store's queue is full the chunk's
@@ -227,7 +258,7 @@ impl Outputs {
         let chunk = Arc::new(chunk);
         self.forward(&chunk);
         let n = chunk.samples.len() as u64;
-        if self.store.try_send(chunk).is_err() {
+        if self.store.try_send(StoreItem::Chunk(chunk)).is_err() {
             events::add(&events::COUNTERS.queue_full, n);
         }
     }
@@ -242,23 +273,42 @@ impl Outputs {
                 chunk.samples.len() as u64,
             );
         }
+        if let Some(tx) = &self.emf
+            && !chunk.samples.is_empty()
+            && !chunk.origin.is_unattributed()
+            && tx.try_send(chunk.clone()).is_err()
+        {
+            events::add(&events::COUNTERS.emf_dropped, chunk.samples.len() as u64);
+        }
     }
+}
+
+/// The Graphite unix socket: `metrics.unix`, else `<data_dir>/task/graphite.sock` (the
+/// directory companions mount).
+pub fn unix_socket_path(config: &Config) -> PathBuf {
+    config
+        .metrics
+        .unix
+        .clone()
+        .unwrap_or_else(|| config.task_socket_dir().join("graphite.sock"))
 }
 
 /// Starts every configured listener, the store writer and the forwarder; they run until
 /// `stop`. Nothing here fails: a listener that cannot bind is logged, counted and retried,
-/// so a busy port never stops the collector's logs.
+/// so a busy port never stops the collector's logs. Returns the tasks and, when ingest is
+/// on, the store's barrier.
 pub fn spawn(
     config: &Config,
     view: InventoryView,
     store: Store,
     docker: DockerApi,
+    batches: mpsc::Sender<crate::batch::Batch>,
     stop: CancellationToken,
-) -> JoinSet<()> {
+) -> (JoinSet<()>, Option<StoreBarrier>) {
     let mut tasks = JoinSet::new();
     let mc = &config.metrics;
     if !mc.enabled {
-        return tasks;
+        return (tasks, None);
     }
     let (store_tx, store_rx) = mpsc::channel(mc.channel_chunks);
     tasks.spawn(store::run(
@@ -274,9 +324,27 @@ pub fn spawn(
     } else {
         None
     };
+    let emf = if mc.emf.enabled {
+        let (tx, rx) = mpsc::channel(mc.emf.queue_chunks);
+        tasks.spawn(emf::run(
+            mc.emf.namespace.clone(),
+            mc.emf.interval,
+            rx,
+            view.clone(),
+            batches,
+            stop.clone(),
+        ));
+        Some(tx)
+    } else {
+        None
+    };
+    let barrier = StoreBarrier {
+        store: store_tx.clone(),
+    };
     let outputs = Outputs {
         store: store_tx,
         carbon,
+        emf,
     };
     let attributor = Arc::new(attribute::Attributor::new(
         config.host.procfs_root.clone(),
@@ -292,11 +360,11 @@ pub fn spawn(
         tasks.spawn(listen::run_udp(ingest.clone(), a, stop.clone()));
     }
     if mc.unix_enabled {
-        let path = mc
-            .unix
-            .clone()
-            .unwrap_or_else(|| config.data_dir.join("graphite.sock"));
-        tasks.spawn(listen::run_unix(ingest.clone(), path, stop.clone()));
+        tasks.spawn(listen::run_unix(
+            ingest.clone(),
+            unix_socket_path(config),
+            stop.clone(),
+        ));
     }
     if let Some(a) = addr(&mc.statsd) {
         tasks.spawn(statsd::run(
@@ -307,7 +375,7 @@ pub fn spawn(
         ));
     }
     info!(tcp = %mc.tcp, udp = %mc.udp, statsd = %mc.statsd, carbon = mc.carbon.enabled, "Metrics ingest starting.");
-    tasks
+    (tasks, Some(barrier))
 }
 
 #[cfg(test)]
@@ -337,6 +405,7 @@ mod tests {
         let outputs = Outputs {
             store,
             carbon: Some(carbon),
+            emf: None,
         };
         let (queue_full, forward_dropped) = (
             events::COUNTERS.queue_full.load(Relaxed),

@@ -10,9 +10,68 @@
 //! The search reads every process's fd table: milliseconds on a busy host. It runs once per
 //! TCP connection, and for UDP once per sender address and port (cached, and bounded per
 //! second), only for peers no container address matched, off the async threads.
+//!
+//! Also here: the addresses of a container's own network namespace ([`local_addresses`]),
+//! for peers whose address Docker does not know: ECS `awsvpc` tasks, whose namespace (the
+//! pause container's, shared by the task's containers) the ECS CNI plugins configure with the
+//! task's ENI, outside Docker.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
+
+/// The addresses of the network namespace process `pid` is in: IPv4 from
+/// `/proc/<pid>/net/fib_trie` (the `/32 host LOCAL` entries of the local table) and IPv6 from
+/// `/proc/<pid>/net/if_inet6`, loopback and link-local left out. With the namespace's inode
+/// (`/proc/<pid>/ns/net`), so containers sharing one are read once.
+pub fn local_addresses(procfs_root: &Path, pid: i32) -> Option<(u64, Vec<IpAddr>)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = procfs_root.join(pid.to_string());
+    let ns = std::fs::metadata(dir.join("ns/net")).ok()?.ino();
+    let mut out = Vec::new();
+    if let Ok(text) = std::fs::read_to_string(dir.join("net/fib_trie")) {
+        out.extend(fib_trie_locals(&text).into_iter().map(IpAddr::V4));
+    }
+    if let Ok(text) = std::fs::read_to_string(dir.join("net/if_inet6")) {
+        out.extend(if_inet6_addresses(&text).into_iter().map(IpAddr::V6));
+    }
+    out.sort();
+    out.dedup();
+    Some((ns, out))
+}
+
+/// The local IPv4 addresses in a `fib_trie` dump: each `|-- a.b.c.d` leaf followed by a
+/// `/32 host LOCAL` line (`fib_trie` lists a leaf, then its routes), without loopback.
+pub fn fib_trie_locals(text: &str) -> Vec<Ipv4Addr> {
+    let mut out = Vec::new();
+    let mut leaf: Option<Ipv4Addr> = None;
+    for line in text.lines() {
+        let t = line.trim_start();
+        if let Some(ip) = t.strip_prefix("|-- ") {
+            leaf = ip.trim().parse().ok();
+        } else if t.starts_with("/32 host LOCAL")
+            && let Some(ip) = leaf
+            && !ip.is_loopback()
+            && !out.contains(&ip)
+        {
+            out.push(ip);
+        }
+    }
+    out
+}
+
+/// The addresses in `if_inet6` (`<32 hex> <ifindex> <prefix> <scope> <flags> <name>`), without
+/// loopback and link-local ones.
+pub fn if_inet6_addresses(text: &str) -> Vec<Ipv6Addr> {
+    text.lines()
+        .filter_map(|l| {
+            let hex = l.split_whitespace().next()?;
+            let n = u128::from_str_radix(hex, 16).ok()?;
+            let ip = Ipv6Addr::from(n);
+            let link_local = (ip.segments()[0] & 0xffc0) == 0xfe80;
+            (!ip.is_loopback() && !link_local).then_some(ip)
+        })
+        .collect()
+}
 
 /// The PID holding the TCP socket whose local end is `peer` and remote end is `local` (our
 /// listening side), in the network namespace of `procfs_root/net`.
@@ -116,6 +175,19 @@ fn pid_holding(procfs_root: &Path, inode: u64) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `fib_trie` of a namespace with an ENI address (as in an awsvpc task) and loopback:
+    /// only the ENI's local address; `if_inet6` keeps global addresses only.
+    #[test]
+    fn namespace_addresses_are_read_from_fib_trie_and_if_inet6() {
+        let trie = "Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 0.0.0.0\n        /0 universe UNICAST\n     +-- 10.0.1.0/24 2 0 2\n        |-- 10.0.1.0\n           /24 link UNICAST\n        |-- 10.0.1.57\n           /32 host LOCAL\n        |-- 10.0.1.255\n           /32 link BROADCAST\n     +-- 127.0.0.0/8 2 0 2\n        |-- 127.0.0.1\n           /32 host LOCAL\nLocal:\n  +-- 0.0.0.0/0 3 0 5\n        |-- 10.0.1.57\n           /32 host LOCAL\n";
+        assert_eq!(fib_trie_locals(trie), [Ipv4Addr::new(10, 0, 1, 57)]);
+        let inet6 = "00000000000000000000000000000001 01 80 10 80       lo\nfe800000000000000000000000000001 02 40 20 80     eth0\n20010db8000000000000000000000042 02 40 00 80     eth0\n";
+        assert_eq!(
+            if_inet6_addresses(inet6),
+            ["2001:db8::42".parse::<Ipv6Addr>().unwrap()]
+        );
+    }
 
     const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
    0: 00000000:33EA 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1519 1 0 100 0 0 10 0

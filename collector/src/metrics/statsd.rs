@@ -69,7 +69,9 @@ pub fn parse_statsd(line: &[u8]) -> Option<(&str, StatsdValue)> {
         return None;
     }
     let v = match kind {
-        "c" => StatsdValue::Counter(value / rate),
+        // A tiny rate can take a finite count to infinity (`1e300|c|@1e-10`); a sample is
+        // always finite (carbon-c-relay and the store refuse the rest).
+        "c" => StatsdValue::Counter(Some(value / rate).filter(|v| v.is_finite())?),
         "g" => StatsdValue::Gauge {
             value,
             delta: raw.starts_with(['+', '-']),
@@ -107,7 +109,9 @@ pub struct Aggregator {
 }
 
 impl Aggregator {
-    /// Adds one value; false when over [`MAX_KEYS`] (dropped).
+    /// Adds one value; false when over [`MAX_KEYS`] (dropped), or when the value would take
+    /// its name's aggregate to infinity (refused, like a line that does not parse: the
+    /// aggregate keeps its finite value, since every sample must be finite).
     pub fn add(&mut self, origin: &Arc<Origin>, name: &str, value: StatsdValue) -> bool {
         let key = (
             origin.owner.clone(),
@@ -118,13 +122,27 @@ impl Aggregator {
             .by_origin
             .entry(key)
             .or_insert_with(|| (origin.clone(), HashMap::new()));
+        let gauge_key = (origin.owner.clone(), name.to_owned());
+        // Sums and gauge deltas of finite values can overflow (two `1e308|c`): found by the
+        // `statsd` fuzz target.
+        let stays_finite = match (&value, entry.1.get(name)) {
+            (StatsdValue::Counter(v), Some(Aggregate::Counter(c))) => (c + v).is_finite(),
+            (StatsdValue::Timer(v), Some(Aggregate::Timer { sum, .. })) => (sum + v).is_finite(),
+            (StatsdValue::Gauge { value, delta: true }, _) => {
+                let last = self.gauges.get(&gauge_key).copied().unwrap_or(0.0);
+                (last + value).is_finite()
+            }
+            _ => true,
+        };
+        if !stays_finite {
+            return false;
+        }
         if !entry.1.contains_key(name) {
             if full {
                 return false;
             }
             self.keys += 1;
         }
-        let gauge_key = (origin.owner.clone(), name.to_owned());
         let agg = entry.1.entry(name.to_owned());
         match value {
             StatsdValue::Counter(v) => {
@@ -356,5 +374,57 @@ mod tests {
         );
         assert_eq!(chunks[0].samples[0].value, 7.0);
         assert!(agg.flush(200).is_empty(), "a new interval starts empty");
+    }
+
+    /// Regression (the `statsd` fuzz target): finite values whose sum, delta or rate-scaled
+    /// count overflows were aggregated to an infinite sample, which the forwarder sent as
+    /// `inf`. Such a value is now refused and the aggregate keeps its last finite value.
+    #[test]
+    fn overflowing_values_are_refused_and_samples_stay_finite() {
+        assert_eq!(parse_statsd(b"big:1e308|c|@0.1"), None);
+        assert_eq!(
+            parse_statsd(b"tiny:1e300|c|@0.5"),
+            Some(("tiny", StatsdValue::Counter(2e300)))
+        );
+        let mut agg = Aggregator::default();
+        let origin = Arc::new(Origin::unattributed());
+        let mut accepted = Vec::new();
+        // The crash input's lines, then the same overflow for timers and gauge deltas.
+        for line in [
+            "big:1e308|c",
+            "big:1e308|c",
+            "tiny:1e300|c|@0.5",
+            "t:1e308|ms",
+            "t:1e308|ms",
+            "g:1e308|g",
+            "g:+1e308|g",
+            "g:-1e308|g",
+        ] {
+            let (name, value) = parse_statsd(line.as_bytes()).unwrap();
+            accepted.push(agg.add(&origin, name, value));
+        }
+        assert_eq!(
+            accepted,
+            [true, false, true, true, false, true, false, true]
+        );
+        let chunks = agg.flush(100);
+        let got: Vec<(&str, f64)> = chunks[0]
+            .samples
+            .iter()
+            .map(|s| (s.path.as_str(), s.value))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("big", 1e308),
+                ("g", 0.0),
+                ("t.count", 1.0),
+                ("t.max", 1e308),
+                ("t.mean", 1e308),
+                ("t.min", 1e308),
+                ("t.sum", 1e308),
+                ("tiny", 2e300),
+            ]
+        );
     }
 }

@@ -161,6 +161,7 @@ pub struct CloudWatchLogsSink {
     known_groups: HashSet<Arc<str>>,
     known_streams: HashSet<Destination>,
     inflight: Option<Inflight>,
+    buffer: Option<super::BufferSettings>,
 }
 
 impl std::fmt::Debug for CloudWatchLogsSink {
@@ -279,7 +280,14 @@ impl CloudWatchLogsSink {
             known_groups: HashSet::new(),
             known_streams: HashSet::new(),
             inflight: None,
+            buffer: None,
         }
+    }
+
+    /// Gives the sink a disk buffer ([`super::spill`]).
+    pub fn with_buffer(mut self, buffer: super::BufferSettings) -> Self {
+        self.buffer = Some(buffer);
+        self
     }
 
     /// Builds the requests of `batches`: records grouped by destination (in order of first
@@ -570,6 +578,10 @@ impl CloudWatchLogsSink {
 impl Sink for CloudWatchLogsSink {
     fn name(&self) -> &'static str {
         "cloudwatch"
+    }
+
+    fn buffer(&self) -> Option<super::BufferSettings> {
+        self.buffer.clone()
     }
 
     fn send_batch<'a>(&'a mut self, batch: &'a Batch) -> BoxFuture<'a, Result<(), SinkError>> {

@@ -137,14 +137,27 @@ impl FileSink {
         Ok(())
     }
 
-    /// Appends `bytes` to the file at `path`.
+    /// Appends `bytes` to the file at `path`, all or nothing (see [`append_or_undo`]).
     fn write_file(&mut self, path: &Path, bytes: &[u8]) -> Result<(), SinkError> {
-        self.file(path)?
-            .write_all(bytes)
-            .map_err(|source| SinkError::WriteFile {
-                path: path.to_owned(),
-                source,
-            })
+        let file = self.file(path)?;
+        // Append mode: what this call wrote is the file's last `written` bytes.
+        let result = append_or_undo(file, bytes, |f, written| {
+            let len = f.metadata()?.len();
+            f.set_len(len.saturating_sub(written))
+        });
+        match result {
+            Ok(()) => Ok(()),
+            Err(Append { source, undone }) => {
+                if !undone {
+                    // Could not cut it back: reopen on the next try rather than trust it.
+                    self.open.remove(path);
+                }
+                Err(SinkError::WriteFile {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        }
     }
 
     fn sync_now(&mut self) -> Result<(), SinkError> {
@@ -178,6 +191,39 @@ fn push_line(buf: &mut Vec<u8>, r: LogRecord<'_>) {
     buf.push(b' ');
     buf.extend_from_slice(r.message);
     buf.push(b'\n');
+}
+
+/// A failed [`append_or_undo`].
+struct Append {
+    /// Why the write failed.
+    source: std::io::Error,
+    /// Whether the file is as it was before (nothing written, or the part cut off again).
+    undone: bool,
+}
+
+/// Writes all of `bytes` to `w`, or nothing: a write that fails part-way (a full disk takes
+/// what fits, then says `ENOSPC`) is undone with `undo(w, bytes_written)`, which cuts the
+/// file back (cutting frees space, so it works on a full disk too). Without it, the retry of
+/// the batch would glue half a line to the start of its first line.
+fn append_or_undo<W: Write>(
+    w: &mut W,
+    bytes: &[u8],
+    undo: impl FnOnce(&mut W, u64) -> std::io::Result<()>,
+) -> Result<(), Append> {
+    let mut written = 0;
+    let source = loop {
+        if written == bytes.len() {
+            return Ok(());
+        }
+        match w.write(&bytes[written..]) {
+            Ok(0) => break std::io::Error::from(std::io::ErrorKind::WriteZero),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => break e,
+        }
+    };
+    let undone = written == 0 || undo(w, written as u64).is_ok();
+    Err(Append { source, undone })
 }
 
 impl Sink for FileSink {
@@ -317,5 +363,94 @@ mod tests {
             .write_batch(&batch(vec![rec(StdStream::Stdout, "x")]))
             .unwrap_err();
         assert!(matches!(e, SinkError::WriteFile { .. }));
+    }
+
+    /// Takes `room` bytes, then says the disk is full.
+    struct FullDisk {
+        data: Vec<u8>,
+        room: usize,
+    }
+
+    impl Write for FullDisk {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(self.room - self.data.len()).min(7);
+            if n == 0 {
+                return Err(std::io::Error::from_raw_os_error(28));
+            }
+            self.data.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A write cut short by a full disk leaves the file as it was, so the retried batch
+    /// starts on a line boundary: no torn line, whatever room was left.
+    #[test]
+    fn a_write_cut_short_by_a_full_disk_is_undone() {
+        let before = b"2026 line 0\n".to_vec();
+        let batch = b"2026 line 1\n2026 line 2\n".to_vec();
+        let undo = |w: &mut FullDisk, n: u64| {
+            let len = w.data.len() - n as usize;
+            w.data.truncate(len);
+            Ok(())
+        };
+        for room in [before.len(), before.len() + 1, before.len() + 15] {
+            let mut disk = FullDisk {
+                data: before.clone(),
+                room,
+            };
+            let err = append_or_undo(&mut disk, &batch, undo).err().unwrap();
+            assert_eq!(err.source.raw_os_error(), Some(28), "room {room}");
+            assert!(err.undone);
+            assert_eq!(disk.data, before, "room {room}");
+            // Room again: the retry appends whole lines.
+            disk.room = usize::MAX;
+            assert!(append_or_undo(&mut disk, &batch, undo).is_ok());
+            assert_eq!(disk.data, [&before[..], &batch[..]].concat());
+        }
+        let mut disk = FullDisk {
+            data: before.clone(),
+            room: before.len() + 3,
+        };
+        let err = append_or_undo(&mut disk, &batch, |_, _| Err(std::io::Error::other("no")))
+            .err()
+            .unwrap();
+        assert!(!err.undone, "an undo that fails is reported");
+    }
+
+    /// The same through a real file: after an undone write its length is what it was.
+    #[test]
+    fn an_undone_append_restores_the_file_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"kept\n").unwrap();
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        // A writer over the file that fails after part of the bytes.
+        struct Partial<'a>(&'a mut File, bool);
+        impl Write for Partial<'_> {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                if self.1 {
+                    return Err(std::io::Error::from_raw_os_error(28));
+                }
+                self.1 = true;
+                self.0.write(&buf[..3])
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut w = Partial(&mut f, false);
+        let err = append_or_undo(&mut w, b"torn line\n", |w, n| {
+            let len = w.0.metadata()?.len();
+            w.0.set_len(len - n)
+        })
+        .err()
+        .unwrap();
+        assert!(err.undone);
+        assert_eq!(std::fs::read(&path).unwrap(), b"kept\n");
+        f.write_all(b"whole\n").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"kept\nwhole\n");
     }
 }

@@ -77,6 +77,7 @@ pub fn file_in_container_dir(kind: &SourceKind, stream: Option<StdStream>) -> Pa
             p
         }
         SourceKind::Lifecycle => PathBuf::from("lifecycle.log"),
+        SourceKind::Metrics => PathBuf::from("metrics.log"),
     }
 }
 

@@ -11,8 +11,12 @@
 //! batch it has not acknowledged is [`MAX_LAG_BATCHES`] (or [`MAX_LAG_BYTES`] of log files)
 //! behind the newest, then the shipper
 //! stops taking batches (and the tailers wait, the files on disk being the buffer) until it
-//! catches up. So the lag, and the memory the batches in flight hold, are bounded; past the
-//! bound one sink's outage does hold back the others.
+//! catches up. So the lag, and the memory the batches in flight hold, are bounded. A sink
+//! with a disk buffer ([`Sink::buffer`], `spill.rs`: CloudWatch Logs) never gets there: once
+//! its queue backs up, because it fails or because its calls are slow, its worker moves its
+//! batches to the buffer (synced, they count as taken) and sends from there, oldest first,
+//! moving what arrives meanwhile behind them, so the others go on; only a full buffer holds
+//! them back. A failed call is retried with the same batches, so the sink can resume it.
 //!
 //! Observers (the control API's taps, [`SinkRole`]) are not sinks of their own: the read tap
 //! sees each batch as the shipper takes it, the delivery tap once every sink has it.
@@ -22,6 +26,7 @@
 //! - `cloudwatch.rs`: CloudWatch Logs; `cloudwatch_batch.rs` builds its requests (pure);
 //!   `naming.rs` renders destination names from templates over identities.
 //! - `s3.rs`: per-task `tar.gz` archives in S3, spooled locally, with a manifest.
+//! - `spill.rs`: a sink's disk buffer.
 
 pub mod cloudwatch;
 pub mod cloudwatch_batch;
@@ -30,6 +35,7 @@ pub mod file;
 pub mod layout;
 pub mod naming;
 pub mod s3;
+pub mod spill;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -111,7 +117,27 @@ pub trait Sink: Send {
     fn role(&self) -> SinkRole {
         SinkRole::Destination
     }
+
+    /// Its disk buffer ([`spill`]), when it has one: where its batches go once it is down
+    /// or slow long enough for its queue to back up, so the other sinks go on.
+    fn buffer(&self) -> Option<BufferSettings> {
+        None
+    }
 }
+
+/// A sink's disk buffer: its directory and bound, and the gauge of batches waiting there.
+#[derive(Clone, Debug)]
+pub struct BufferSettings {
+    /// `<data_dir>/buffer/<sink>/`.
+    pub dir: std::path::PathBuf,
+    /// Bytes at most.
+    pub max_bytes: u64,
+    /// Batches waiting in it (the drain barrier waits for zero).
+    pub gauge: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Batches queued for a failing sink before its worker spills them to its disk buffer.
+const SPILL_WHEN_QUEUED: usize = MAX_LAG_BATCHES / 4;
 
 /// What a [`Sink`] in the shipper's list is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -181,6 +207,20 @@ impl Shipper {
                 SinkRole::DeliveryObserver => delivery_observers.push(sink),
                 SinkRole::Destination => {
                     let (tx, queue) = mpsc::channel(MAX_LAG_BATCHES);
+                    let spill = sink.buffer().and_then(|b| {
+                        match spill::Spill::open(b.dir.clone(), b.max_bytes, b.gauge) {
+                            Ok(s) => {
+                                if !s.is_empty() {
+                                    info!(sink = sink.name(), batches = s.len(), "Sending what the sink's disk buffer kept from the last run.");
+                                }
+                                Some(s)
+                            }
+                            Err(e) => {
+                                warn!(sink = sink.name(), error = %internal_events::chain(&e), "The sink's disk buffer cannot be used; it has none.");
+                                None
+                            }
+                        }
+                    });
                     let worker = Worker {
                         index: queues.len(),
                         sink,
@@ -188,6 +228,9 @@ impl Shipper {
                         done: done_tx.clone(),
                         settings: settings.clone(),
                         abort: abort.clone(),
+                        spill,
+                        held: Vec::new(),
+                        retry_group: None,
                     };
                     queues.push(tx);
                     workers.spawn(worker.run());
@@ -289,6 +332,92 @@ fn batch_weight(batch: &Batch) -> u64 {
     batch.ack.counters.bytes.max(batch.message_bytes() as u64)
 }
 
+/// How often a worker sending from its disk buffer moves newly queued batches into it.
+const DRAIN_TICK: Duration = Duration::from_millis(50);
+
+/// A worker's queue and disk buffer, borrowed apart from its sink (so the sink can be busy
+/// meanwhile): moves the batches queued behind a sink that sends from its buffer into the
+/// buffer, where they count as taken and the shipper goes on.
+///
+/// Only while the buffer holds batches: they all come after the ones the buffer holds, so
+/// reporting them taken keeps the shipper's per-sink count in order. (A call on batches from
+/// the queue must end before later ones are reported, or the checkpoint could pass batches
+/// this sink does not hold.)
+struct Drain<'a> {
+    index: usize,
+    sink: &'static str,
+    queue: &'a mut mpsc::Receiver<Arc<Batch>>,
+    spill: Option<&'a mut spill::Spill>,
+    held: &'a mut Vec<Arc<Batch>>,
+    done: &'a mpsc::Sender<(usize, u64)>,
+}
+
+/// A [`Drain`] over a worker's fields, leaving its sink free.
+macro_rules! drain {
+    ($worker:expr) => {
+        Drain {
+            index: $worker.index,
+            sink: $worker.sink.name(),
+            queue: &mut $worker.queue,
+            spill: $worker.spill.as_mut(),
+            held: &mut $worker.held,
+            done: &$worker.done,
+        }
+    };
+}
+
+impl Drain<'_> {
+    /// Moves everything queued into the buffer and reports it taken; a full (or failing)
+    /// buffer leaves the batches in `held`, sent after the buffer. `false`: the shipper is
+    /// gone.
+    async fn move_queue(&mut self) -> bool {
+        let Some(spill) = self.spill.as_mut() else {
+            return true;
+        };
+        if !self.held.is_empty() {
+            return true;
+        }
+        let mut group = Vec::new();
+        while let Ok(b) = self.queue.try_recv() {
+            group.push(b);
+        }
+        if group.is_empty() {
+            return true;
+        }
+        match spill.push(&group) {
+            Ok(true) => self
+                .done
+                .send((self.index, group.len() as u64))
+                .await
+                .is_ok(),
+            Ok(false) => {
+                *self.held = group;
+                true
+            }
+            Err(e) => {
+                warn!(sink = self.sink, error = %internal_events::chain(&e), "Cannot write the sink's disk buffer.");
+                *self.held = group;
+                true
+            }
+        }
+    }
+
+    /// Awaits `call` (the sink sending from the buffer), moving the queue into the buffer
+    /// every [`DRAIN_TICK`] meanwhile, so a slow call never backs the queue up.
+    async fn during<F: std::future::Future>(mut self, call: F) -> F::Output {
+        tokio::pin!(call);
+        loop {
+            tokio::select! {
+                out = &mut call => return out,
+                _ = tokio::time::sleep(DRAIN_TICK) => {
+                    // A gone shipper ends the worker at its next step.
+                    let _ = self.move_queue().await;
+                }
+            }
+        }
+    }
+}
+
 /// One sink's task: takes batches from its queue, hands them to the sink (several at a time)
 /// until it takes them, reports, and syncs the sink periodically.
 struct Worker {
@@ -298,6 +427,24 @@ struct Worker {
     done: mpsc::Sender<(usize, u64)>,
     settings: ShipperSettings,
     abort: CancellationToken,
+    /// The sink's disk buffer, if it has one.
+    spill: Option<spill::Spill>,
+    /// Batches taken from the queue that a full buffer could not hold: sent after the
+    /// buffer, before the queue (order per source is kept).
+    held: Vec<Arc<Batch>>,
+    /// How many batches the last failed call from the buffer offered: the retry offers the
+    /// same ones, not more that arrived meanwhile, so the sink sees the same batches and
+    /// resumes where it stopped (CloudWatch: at the first request not acknowledged) instead
+    /// of starting over and sending what it had delivered again.
+    retry_group: Option<usize>,
+}
+
+/// What [`Worker::send_from_spill`] did.
+enum SpillStep {
+    /// Go on.
+    Continue,
+    /// Stop: aborted, or the shipper is gone.
+    Stop,
 }
 
 impl Worker {
@@ -305,25 +452,47 @@ impl Worker {
         let mut last_sync = Instant::now();
         let mut pending: Vec<Arc<Batch>> = Vec::new();
         let max = self.settings.max_batches_per_commit.max(1);
+        let mut backoff = Duration::from_millis(100);
         loop {
-            let first = tokio::select! {
-                b = self.queue.recv() => b,
-                _ = tokio::time::sleep(self.settings.sync_interval) => {
+            // Buffered batches go first; a queue backed up behind a slow sink (whose calls
+            // succeed, late) goes to the buffer too, so the other sinks go on.
+            if self.spill.as_ref().is_some_and(|s| !s.is_empty())
+                || (self.spill.is_some()
+                    && self.held.is_empty()
+                    && self.queue.len() >= SPILL_WHEN_QUEUED)
+            {
+                match self.send_from_spill(max, &mut backoff).await {
+                    SpillStep::Continue => {}
+                    SpillStep::Stop => return,
+                }
+                if last_sync.elapsed() >= self.settings.sync_interval {
                     self.sync().await;
                     last_sync = Instant::now();
-                    continue;
                 }
-            };
-            let Some(first) = first else { break };
-            pending.push(first);
-            while pending.len() < max {
-                match self.queue.try_recv() {
-                    Ok(b) => pending.push(b),
-                    Err(_) => break,
+                continue;
+            }
+            if self.held.is_empty() {
+                let first = tokio::select! {
+                    b = self.queue.recv() => b,
+                    _ = tokio::time::sleep(self.settings.sync_interval) => {
+                        self.sync().await;
+                        last_sync = Instant::now();
+                        continue;
+                    }
+                };
+                let Some(first) = first else { break };
+                pending.push(first);
+                while pending.len() < max {
+                    match self.queue.try_recv() {
+                        Ok(b) => pending.push(b),
+                        Err(_) => break,
+                    }
                 }
+            } else {
+                pending.append(&mut self.held);
             }
             let mut done = 0;
-            let mut backoff = Duration::from_millis(100);
+            backoff = Duration::from_millis(100);
             while done < pending.len() {
                 match self.sink.send_batches(&pending[done..]).await {
                     // Taking none would never end: count it as one (a sink's bug, not data).
@@ -337,6 +506,27 @@ impl Worker {
                             error: &e,
                         }
                         .emit();
+                        // Backed up while failing: the rest goes to the disk buffer, and the
+                        // worker sends from there (the next turn of the loop).
+                        if self.queue.len() >= SPILL_WHEN_QUEUED
+                            && let Some(spill) = self.spill.as_mut()
+                        {
+                            match spill.push(&pending[done..]) {
+                                Ok(true) => {
+                                    self.retry_group = Some(pending.len() - done);
+                                    warn!(
+                                        sink = self.sink.name(),
+                                        batches = pending.len() - done,
+                                        "Sink down with batches queued: buffering them on disk."
+                                    );
+                                    break;
+                                }
+                                Ok(false) => {}
+                                Err(e) => {
+                                    warn!(sink = self.sink.name(), error = %internal_events::chain(&e), "Cannot write the sink's disk buffer.")
+                                }
+                            }
+                        }
                         tokio::select! {
                             _ = self.abort.cancelled() => return,
                             _ = tokio::time::sleep(backoff) => {}
@@ -345,6 +535,7 @@ impl Worker {
                     }
                 }
             }
+
             // One report per group, so the shipper commits once per group (a SQLite
             // transaction per batch would cost more than the batches).
             if self
@@ -362,6 +553,70 @@ impl Worker {
             }
         }
         self.sync().await;
+    }
+
+    /// One step while the disk buffer holds batches: moves what the queue holds behind them
+    /// (so order is kept and the queue never backs up while there is room), then offers the
+    /// oldest to the sink; on failure, waits a little (the queue is looked at again soon).
+    async fn send_from_spill(&mut self, max: usize, backoff: &mut Duration) -> SpillStep {
+        if !drain!(self).move_queue().await {
+            return SpillStep::Stop;
+        }
+        let Some(spill) = self.spill.as_mut() else {
+            return SpillStep::Continue;
+        };
+        let group = match spill.peek(self.retry_group.unwrap_or(max)) {
+            Ok(g) => g,
+            Err(e) => {
+                // A damaged buffer cannot be sent: say so loudly, and skip what does not
+                // decode rather than stop this sink for good.
+                warn!(sink = self.sink.name(), error = %internal_events::chain(&e), "The sink's disk buffer is damaged; the rest of it is dropped.");
+                let n = spill.len() as usize;
+                let _ = spill.advance(n);
+                self.retry_group = None;
+                return SpillStep::Continue;
+            }
+        };
+        if group.is_empty() {
+            return SpillStep::Continue;
+        }
+        // Batches arriving meanwhile go behind the group in the buffer at once, so a slow
+        // call never lets the queue back up.
+        let sent = drain!(self).during(self.sink.send_batches(&group)).await;
+        let Some(spill) = self.spill.as_mut() else {
+            return SpillStep::Continue;
+        };
+        self.retry_group = sent.is_err().then_some(group.len());
+        match sent {
+            Ok(n) => {
+                if let Err(e) = spill.advance(n.clamp(1, group.len())) {
+                    warn!(sink = self.sink.name(), error = %internal_events::chain(&e), "Cannot move the disk buffer's cursor; batches may be sent again.");
+                }
+                *backoff = Duration::from_millis(100);
+                if spill.is_empty() {
+                    info!(
+                        sink = self.sink.name(),
+                        "The sink caught up with its disk buffer."
+                    );
+                }
+                SpillStep::Continue
+            }
+            Err(e) => {
+                internal_events::SinkSendError {
+                    sink: self.sink.name(),
+                    error: &e,
+                }
+                .emit();
+                // Short naps, so the queue is moved to the buffer before it backs up.
+                let nap = (*backoff).min(Duration::from_millis(250));
+                tokio::select! {
+                    _ = self.abort.cancelled() => return SpillStep::Stop,
+                    _ = tokio::time::sleep(nap) => {}
+                }
+                *backoff = (*backoff * 2).min(Duration::from_secs(10));
+                SpillStep::Continue
+            }
+        }
     }
 
     async fn sync(&mut self) {
@@ -411,6 +666,242 @@ mod tests {
     struct Switchable {
         taken: Arc<AtomicUsize>,
         down: Arc<AtomicBool>,
+    }
+
+    /// How a [`Buffered`] sink misbehaves while switched on.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Fault {
+        /// Every call fails.
+        Down,
+        /// Every call succeeds, 200 ms late.
+        Slow,
+    }
+
+    /// A sink with a disk buffer, recording the offsets it took in order; `fault` while `on`.
+    struct Buffered {
+        offsets: Arc<std::sync::Mutex<Vec<u64>>>,
+        on: Arc<AtomicBool>,
+        fault: Fault,
+        buffer: BufferSettings,
+    }
+
+    impl Sink for Buffered {
+        fn name(&self) -> &'static str {
+            "buffered"
+        }
+        fn send_batch<'a>(&'a mut self, b: &'a Batch) -> BoxFuture<'a, Result<(), SinkError>> {
+            Box::pin(async move {
+                if self.on.load(Ordering::SeqCst) {
+                    match self.fault {
+                        Fault::Down => {
+                            return Err(SinkError::WriteFile {
+                                path: "/x".into(),
+                                source: std::io::Error::other("down"),
+                            });
+                        }
+                        Fault::Slow => tokio::time::sleep(Duration::from_millis(200)).await,
+                    }
+                }
+                self.offsets.lock().unwrap().push(b.ack.checkpoint.offset);
+                Ok(())
+            })
+        }
+        fn sync(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
+            Box::pin(std::future::ready(Ok(())))
+        }
+        fn buffer(&self) -> Option<BufferSettings> {
+            Some(self.buffer.clone())
+        }
+    }
+
+    /// A healthy sink and a [`Buffered`] one with `fault`: while the fault is on, the
+    /// healthy sink and the checkpoints get every batch, past the lag bound, and the other's
+    /// wait in its buffer (a sink that is down delivers none meanwhile); the fault off, it
+    /// gets every batch once, in order.
+    async fn held_back_by_no_one(fault: Fault) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::in_memory().unwrap();
+        let up_taken = Arc::new(AtomicUsize::new(0));
+        let offsets = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let switch = Arc::new(AtomicBool::new(true));
+        let gauge = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let sinks: Vec<Box<dyn Sink>> = vec![
+            Box::new(Switchable {
+                taken: up_taken.clone(),
+                down: Arc::new(AtomicBool::new(false)),
+            }),
+            Box::new(Buffered {
+                offsets: offsets.clone(),
+                on: switch.clone(),
+                fault,
+                buffer: BufferSettings {
+                    dir: dir.path().join("buffer"),
+                    max_bytes: 64 * 1024 * 1024,
+                    gauge: gauge.clone(),
+                },
+            }),
+        ];
+        let shipper = Shipper::new(
+            sinks,
+            store.clone(),
+            ShipperSettings {
+                sync_interval: Duration::from_secs(60),
+                max_batches_per_commit: 8,
+            },
+        );
+        let (tx, rx) = mpsc::channel(4);
+        let run = tokio::spawn(shipper.run(rx, CancellationToken::new()));
+        let total = 3 * MAX_LAG_BATCHES;
+        let key = test_batch(&["x"], 1).ack.source.clone();
+        let sender = tokio::spawn(async move {
+            for i in 0..total {
+                tx.send(test_batch(&["x"], i as u64 + 1)).await.unwrap();
+            }
+        });
+        let checkpoint = || store.checkpoints(&key).unwrap().first().map(|c| c.offset);
+        // A slow sink at 200 ms a batch would take 77 s for them all; held back by it, the
+        // other would not get them within wait_for's 20 s.
+        wait_for(
+            "the healthy sink and the checkpoint past the lag bound",
+            || up_taken.load(Ordering::SeqCst) == total && checkpoint() == Some(total as u64),
+        )
+        .await;
+        let meanwhile = offsets.lock().unwrap().len();
+        if fault == Fault::Down {
+            assert_eq!(meanwhile, 0, "a sink that is down took batches");
+        }
+        assert!(meanwhile < total, "the sink was not held up");
+        assert!(gauge.load(Ordering::SeqCst) > 0, "nothing in the buffer");
+        switch.store(false, Ordering::SeqCst);
+        wait_for("the buffered sink to catch up", || {
+            offsets.lock().unwrap().len() >= total
+        })
+        .await;
+        let got = offsets.lock().unwrap().clone();
+        assert_eq!(
+            got,
+            (1..=total as u64).collect::<Vec<_>>(),
+            "once each, in order"
+        );
+        assert_eq!(gauge.load(Ordering::SeqCst), 0);
+        sender.await.unwrap();
+        run.await.unwrap();
+    }
+
+    /// With a disk buffer, a sink that is down does not hold back the other sink or the
+    /// checkpoints past the lag bound: its batches go to the buffer, and when it is back it
+    /// gets every batch once, in order.
+    #[tokio::test]
+    async fn a_failing_sink_with_a_buffer_holds_back_no_one() {
+        held_back_by_no_one(Fault::Down).await;
+    }
+
+    /// A sink with a disk buffer that is slow (every call succeeds, late) holds back neither
+    /// the other sink nor the checkpoints past the lag bound: what backs up behind it goes to
+    /// its buffer; it still gets every batch once, in order.
+    #[tokio::test]
+    async fn a_slow_sink_with_a_buffer_holds_back_no_one() {
+        held_back_by_no_one(Fault::Slow).await;
+    }
+
+    /// Every call's batches (end offsets), and whether it failed.
+    type Calls = Arc<std::sync::Mutex<Vec<(Vec<u64>, bool)>>>;
+
+    /// Records the batches of every call, and whether it failed (while `down`).
+    struct Recorder {
+        calls: Calls,
+        down: Arc<AtomicBool>,
+        buffer: BufferSettings,
+    }
+
+    impl Sink for Recorder {
+        fn name(&self) -> &'static str {
+            "recorder"
+        }
+        fn send_batch<'a>(&'a mut self, _: &'a Batch) -> BoxFuture<'a, Result<(), SinkError>> {
+            unreachable!("send_batches is overridden")
+        }
+        fn send_batches<'a>(
+            &'a mut self,
+            batches: &'a [Arc<Batch>],
+        ) -> BoxFuture<'a, Result<usize, SinkError>> {
+            let down = self.down.load(Ordering::SeqCst);
+            let offsets = batches.iter().map(|b| b.ack.checkpoint.offset).collect();
+            self.calls.lock().unwrap().push((offsets, down));
+            Box::pin(std::future::ready(if down {
+                Err(SinkError::WriteFile {
+                    path: "/x".into(),
+                    source: std::io::Error::other("down"),
+                })
+            } else {
+                Ok(batches.len())
+            }))
+        }
+        fn sync(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
+            Box::pin(std::future::ready(Ok(())))
+        }
+        fn buffer(&self) -> Option<BufferSettings> {
+            Some(self.buffer.clone())
+        }
+    }
+
+    /// After a failed call the worker offers the same batches again, also once they moved to
+    /// the disk buffer and more arrived behind them: a sink that took part of a call (some of
+    /// its requests) resumes it rather than starting over and sending that part twice.
+    #[tokio::test]
+    async fn a_failed_call_is_retried_with_the_same_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::in_memory().unwrap();
+        let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let down = Arc::new(AtomicBool::new(true));
+        let sinks: Vec<Box<dyn Sink>> = vec![Box::new(Recorder {
+            calls: calls.clone(),
+            down: down.clone(),
+            buffer: BufferSettings {
+                dir: dir.path().join("buffer"),
+                max_bytes: 64 * 1024 * 1024,
+                gauge: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            },
+        })];
+        let shipper = Shipper::new(
+            sinks,
+            store.clone(),
+            ShipperSettings {
+                sync_interval: Duration::from_secs(60),
+                max_batches_per_commit: 64,
+            },
+        );
+        let (tx, rx) = mpsc::channel(4);
+        let run = tokio::spawn(shipper.run(rx, CancellationToken::new()));
+        tx.send(test_batch(&["x"], 1)).await.unwrap();
+        wait_for("a first failed call", || !calls.lock().unwrap().is_empty()).await;
+        let total = 1 + 2 * SPILL_WHEN_QUEUED;
+        for i in 1..total {
+            tx.send(test_batch(&["x"], i as u64 + 1)).await.unwrap();
+        }
+        let key = test_batch(&["x"], 1).ack.source.clone();
+        wait_for("every batch in the buffer", || {
+            store.checkpoints(&key).unwrap().first().map(|c| c.offset) == Some(total as u64)
+        })
+        .await;
+        down.store(false, Ordering::SeqCst);
+        drop(tx);
+        run.await.unwrap();
+        let calls = calls.lock().unwrap().clone();
+        for pair in calls.windows(2) {
+            if pair[0].1 {
+                assert_eq!(
+                    pair[1].0, pair[0].0,
+                    "a retry offered other batches: {calls:?}"
+                );
+            }
+        }
+        let delivered: Vec<u64> = calls
+            .iter()
+            .filter(|c| !c.1)
+            .flat_map(|c| c.0.clone())
+            .collect();
+        assert_eq!(delivered, (1..=total as u64).collect::<Vec<_>>());
     }
 
     impl Sink for Switchable {

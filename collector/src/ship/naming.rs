@@ -192,6 +192,7 @@ impl Template {
                                 (SourceKind::ContainerOutput, None) => "stdout",
                                 (SourceKind::DeclaredFile { .. }, _) => "file",
                                 (SourceKind::Lifecycle, _) => "lifecycle",
+                                (SourceKind::Metrics, _) => "metrics",
                             }
                             .to_owned(),
                         ),

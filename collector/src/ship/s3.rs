@@ -24,14 +24,26 @@
 //! only after S3 has it; a failed upload is retried with backoff, and sealed chunks left by a
 //! previous run are uploaded after a restart.
 //!
+//! The drain barrier (`crate::drain`) talks to the sink through an [`ArchiveHandle`]: it asks
+//! for a task's archive to be finished now ([`ArchiveHandle::request_end`]: the task's
+//! containers have exited and every line of theirs is spooled, so no settle time is needed),
+//! and learns when its `_COMPLETE` marker is in S3 (a small record under
+//! `<data_dir>/s3/completed/`, kept across restarts). A task's companion shim
+//! (`collector.role=companion`) is left out of the archive: it runs until the archive is
+//! complete.
+//!
+//! The spool is bounded (`max_spool_bytes`, measured on disk at each sync): when full, what is
+//! live is sealed for upload and batches are refused (the shipper retries them; the log files
+//! are the buffer) until uploads make room.
+//!
 //! Limits of this version: what a previous run spooled and did not seal is sealed and
 //! uploaded at start, but whether its task has ended is not known then, so its manifest and
-//! marker come only if a source of the task sends again; the spool is not bounded.
+//! marker come when its companion drains it or a source of the task sends again.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use aws_config::BehaviorVersion;
@@ -74,6 +86,16 @@ pub enum S3Error {
         /// The cause.
         #[source]
         source: std::io::Error,
+    },
+    /// The spool holds `max_spool_bytes`: no batch is taken until uploads make room.
+    #[error(
+        "the S3 spool holds {bytes} bytes, its bound is {max} (sinks.s3.max_spool_bytes); waiting for uploads"
+    )]
+    SpoolFull {
+        /// Bytes spooled.
+        bytes: u64,
+        /// The bound.
+        max: u64,
     },
     /// An S3 request failed.
     #[error("S3 {operation} s3://{bucket}/{key} failed: {detail}")]
@@ -132,6 +154,109 @@ struct Uploaded {
     chunks: Vec<ChunkRecord>,
 }
 
+/// `completed/<unit>.json`, written by the uploader once the unit's marker is in S3.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Completed {
+    /// The manifest's key.
+    pub manifest: String,
+    /// Chunks in the manifest.
+    pub chunks: usize,
+    /// When the marker was written (RFC 3339).
+    pub completed_at: String,
+}
+
+/// How long completion records are kept (they answer drains repeated after a restart).
+const COMPLETED_KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Shared between the sink, its uploader and the drain barrier.
+#[derive(Debug)]
+struct ArchiveShared {
+    /// Units whose end was asked for, with an identity of theirs for the manifest.
+    end_requests: Mutex<HashMap<PathBuf, Arc<ContainerIdentity>>>,
+    /// Where completion records are kept.
+    completed_root: PathBuf,
+    /// Bumped at each completion.
+    completions: tokio::sync::watch::Sender<u64>,
+    /// `s3://bucket/prefix`, for answers.
+    location: String,
+}
+
+/// The drain barrier's handle on the S3 archive; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ArchiveHandle {
+    shared: Arc<ArchiveShared>,
+}
+
+impl ArchiveHandle {
+    /// Asks for the archive of the task `identity` belongs to be finished at the sink's next
+    /// sync: its spool sealed as the last chunk, then its manifest and `_COMPLETE` uploaded
+    /// (even when nothing was spooled: every drained task gets its marker).
+    pub fn request_end(&self, identity: Arc<ContainerIdentity>) {
+        let (unit, _) = unit_of(&identity);
+        self.shared
+            .end_requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(unit, identity);
+    }
+
+    /// The completion record of `identity`'s task, once its marker is in S3.
+    pub fn completed(&self, identity: &ContainerIdentity) -> Option<Completed> {
+        let (unit, _) = unit_of(identity);
+        read_completed(&self.shared.completed_root, &unit)
+    }
+
+    /// Changes at each completion: wait on it between two [`completed`](Self::completed).
+    pub fn completions(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.completions.subscribe()
+    }
+
+    /// `s3://bucket/prefix`.
+    pub fn location(&self) -> &str {
+        &self.shared.location
+    }
+
+    /// The S3 key prefix of `identity`'s task archive.
+    pub fn unit_prefix(&self, identity: &ContainerIdentity) -> String {
+        let (unit, _) = unit_of(identity);
+        format!("{}/{}", self.shared.location, unit.to_string_lossy())
+    }
+}
+
+fn completed_path(root: &Path, unit: &Path) -> PathBuf {
+    let mut p = root.join(unit);
+    p.set_extension("json");
+    p
+}
+
+fn read_completed(root: &Path, unit: &Path) -> Option<Completed> {
+    let bytes = std::fs::read(completed_path(root, unit)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Forgets completion records older than [`COMPLETED_KEEP`]; best effort.
+fn prune_completed(root: &Path) {
+    let Ok(kinds) = std::fs::read_dir(root) else {
+        return;
+    };
+    for kind in kinds.flatten() {
+        let Ok(entries) = std::fs::read_dir(kind.path()) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > COMPLETED_KEEP);
+            if old {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
 /// The sink's and the uploader's files.
 const META: &str = "meta.json";
 /// See [`META`].
@@ -149,6 +274,13 @@ pub struct S3Sink {
     units: HashMap<PathBuf, LiveUnit>,
     /// Wakes the uploader when a chunk is sealed.
     wake: Arc<Notify>,
+    /// Shared with the uploader and the drain barrier.
+    archive: ArchiveHandle,
+    /// The spool's bound, and its size: measured on disk at each sync, plus what was spooled
+    /// since.
+    max_spool_bytes: u64,
+    spooled: u64,
+    spool_root: PathBuf,
 }
 
 /// Uploads sealed chunks in its own task, so a slow or failing S3 never holds up the sink's
@@ -158,6 +290,7 @@ struct Uploader {
     bucket: String,
     key_prefix: String,
     sealed_root: PathBuf,
+    archive: ArchiveHandle,
 }
 
 /// Longest wait between two passes of the uploader (retries, chunks left by a previous run).
@@ -214,16 +347,32 @@ impl S3Sink {
     pub fn with_client(client: Client, config: &S3SinkConfig, spool_dir: PathBuf) -> Self {
         let live_root = spool_dir.join("live");
         let sealed_root = spool_dir.join("sealed");
+        let completed_root = spool_dir.join("completed");
         seal_leftovers(&live_root, &sealed_root);
+        prune_completed(&completed_root);
         let wake = Arc::new(Notify::new());
+        let archive = ArchiveHandle {
+            shared: Arc::new(ArchiveShared {
+                end_requests: Mutex::new(HashMap::new()),
+                completed_root,
+                completions: tokio::sync::watch::Sender::new(0),
+                location: format!("s3://{}/{}", config.bucket, config.key_prefix)
+                    .trim_end_matches('/')
+                    .to_owned(),
+            }),
+        };
         let uploader = Uploader {
             client,
             bucket: config.bucket.clone(),
             key_prefix: config.key_prefix.clone(),
             sealed_root: sealed_root.clone(),
+            archive: archive.clone(),
         };
         tokio::spawn(uploader.run(wake.clone()));
         Self {
+            max_spool_bytes: config.max_spool_bytes,
+            spooled: dir_bytes(&spool_dir),
+            spool_root: spool_dir.clone(),
             bucket: config.bucket.clone(),
             key_prefix: config.key_prefix.clone(),
             chunk_bytes: config.chunk_bytes,
@@ -233,7 +382,13 @@ impl S3Sink {
             sealed_root,
             units: HashMap::new(),
             wake,
+            archive,
         }
+    }
+
+    /// The drain barrier's handle on this archive.
+    pub fn handle(&self) -> ArchiveHandle {
+        self.archive.clone()
     }
 
     fn note_batch(&mut self, batch: &Batch) {
@@ -259,14 +414,43 @@ impl S3Sink {
 
     /// Moves the spool of every unit that is ready to `sealed/` as its next chunk.
     async fn seal_ready(&mut self) -> Result<(), S3Error> {
+        let requested: HashMap<PathBuf, Arc<ContainerIdentity>> = std::mem::take(
+            &mut *self
+                .archive
+                .shared
+                .end_requests
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        let mut forced = BTreeSet::new();
+        for (unit, identity) in requested {
+            if read_completed(&self.archive.shared.completed_root, &unit).is_some()
+                && !self.units.contains_key(&unit)
+            {
+                continue;
+            }
+            // A unit with nothing spooled in this run (a restart, or a task that wrote
+            // nothing) still gets its manifest and marker.
+            self.units.entry(unit.clone()).or_insert_with(|| LiveUnit {
+                sources: HashMap::new(),
+                all_ended_since: None,
+                bytes: 0,
+                identity,
+                containers: BTreeSet::new(),
+            });
+            forced.insert(unit);
+        }
+        // A full spool seals everything, so the uploader can make room.
+        let full = self.spooled >= self.max_spool_bytes;
         let ready: Vec<(PathBuf, bool)> = self
             .units
             .iter()
             .filter_map(|(unit, u)| {
-                let ended = u
-                    .all_ended_since
-                    .is_some_and(|t| t.elapsed() >= self.task_settle);
-                (ended || u.bytes >= self.chunk_bytes).then(|| (unit.clone(), ended))
+                let ended = forced.contains(unit)
+                    || u.all_ended_since
+                        .is_some_and(|t| t.elapsed() >= self.task_settle);
+                (ended || u.bytes >= self.chunk_bytes || (full && u.bytes > 0))
+                    .then(|| (unit.clone(), ended))
             })
             .collect();
         if ready.is_empty() {
@@ -369,7 +553,10 @@ impl Uploader {
                 }
                 let key = format!("{prefix}/{name}.tar.gz");
                 let bytes = self.upload_file(&archive, &key).await?;
-                uploaded.chunks.push(ChunkRecord { key, bytes });
+                // A restart between the upload and the removal below uploads it again.
+                if !uploaded.chunks.iter().any(|c| c.key == key) {
+                    uploaded.chunks.push(ChunkRecord { key, bytes });
+                }
                 save_json(&dir, UPLOADED, &uploaded)?;
                 std::fs::remove_dir_all(&chunk).map_err(spool_err("remove", &chunk))?;
                 std::fs::remove_file(&archive).map_err(spool_err("remove", &archive))?;
@@ -392,6 +579,21 @@ impl Uploader {
                 self.put(&format!("{prefix}/_COMPLETE"), Vec::new()).await?;
                 info!(unit = %unit, chunks = uploaded.chunks.len(), "Task archive complete in S3.");
                 events::S3TaskCompleted.emit();
+                let record = Completed {
+                    manifest: format!("{prefix}/manifest.json"),
+                    chunks: uploaded.chunks.len(),
+                    completed_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+                };
+                let path = completed_path(&self.archive.shared.completed_root, Path::new(&unit));
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent).map_err(spool_err("create", parent))?;
+                    save_json(
+                        parent,
+                        &path.file_name().unwrap_or_default().to_string_lossy(),
+                        &record,
+                    )?;
+                }
+                self.archive.shared.completions.send_modify(|n| *n += 1);
                 // Only what this pass knows: a chunk the sink sealed meanwhile (a late line of
                 // the unit) stays, with the directory, for the next pass.
                 for name in [UPLOADED, META] {
@@ -625,6 +827,21 @@ fn save_json<T: Serialize>(dir: &Path, name: &str, value: &T) -> Result<(), S3Er
     std::fs::rename(&tmp, &path).map_err(spool_err("rename", &tmp))
 }
 
+/// Bytes of the files under `dir` (the spool; a few files per unit, so cheap at each sync).
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(_) => e.metadata().map(|m| m.len()).unwrap_or(0),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 /// `sealed/<kind>/<name>` directories (units with sealed chunks or state).
 fn sealed_units(root: &Path) -> Result<Vec<PathBuf>, S3Error> {
     let mut out = Vec::new();
@@ -683,7 +900,29 @@ impl Sink for S3Sink {
 
     fn send_batch<'a>(&'a mut self, batch: &'a Batch) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
+            // The companion shim outlives the archive it waits for (module docs).
+            if batch.identity.is_companion() {
+                return Ok(());
+            }
+            if self.spooled >= self.max_spool_bytes {
+                // Measure again (uploads may have made room), and seal what is live so the
+                // uploader can.
+                self.spooled = dir_bytes(&self.spool_root);
+                if self.spooled >= self.max_spool_bytes {
+                    if let Err(e) = self.spool.sync().await {
+                        warn!(error = %crate::internal_events::chain(&e), "S3 spool sync failed.");
+                    } else if let Err(e) = self.seal_ready().await {
+                        warn!(error = %crate::internal_events::chain(&e), "Sealing the full S3 spool failed.");
+                    }
+                    return Err(S3Error::SpoolFull {
+                        bytes: self.spooled,
+                        max: self.max_spool_bytes,
+                    }
+                    .into());
+                }
+            }
             self.spool.send_batch(batch).await?;
+            self.spooled += batch.message_bytes() as u64 + 32 * batch.records.len() as u64;
             self.note_batch(batch);
             // A chunk is cut as soon as it is full, not at the next sync, so chunks stay
             // near `chunk_bytes` however fast lines come.
@@ -705,6 +944,7 @@ impl Sink for S3Sink {
     fn sync(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(async move {
             self.spool.sync().await?;
+            self.spooled = dir_bytes(&self.spool_root);
             self.seal_ready().await?;
             Ok(())
         })
@@ -735,6 +975,67 @@ mod tests {
         let chunks = chunk_dirs(&dir.path().join("sealed/tasks/abc")).unwrap();
         assert_eq!(chunks.len(), 1);
         assert!(chunks[0].join("app/stdout.log").is_file());
+    }
+
+    /// Past `max_spool_bytes` the sink takes no batch (the shipper retries it, the tailers
+    /// wait) and seals what it spooled so the uploader can make room; a chunk sent to S3 makes
+    /// room again. A companion's batches are taken without being spooled.
+    #[tokio::test]
+    async fn a_full_spool_refuses_batches_and_seals_for_upload() {
+        use crate::control::testing::test_batch;
+        let dir = tempfile::tempdir().unwrap();
+        let conf = aws_sdk_s3::Config::builder()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .endpoint_url("http://127.0.0.1:9")
+            .build();
+        let config = S3SinkConfig {
+            max_spool_bytes: 4096,
+            max_attempts: 1,
+            ..S3SinkConfig::default()
+        };
+        let mut sink = S3Sink::with_client(Client::from_conf(conf), &config, dir.path().to_owned());
+        let line = "x".repeat(1000);
+        let mut taken = 0;
+        let refused = loop {
+            match sink
+                .send_batch(&test_batch(&[&line], 1000 * (taken + 1)))
+                .await
+            {
+                Ok(()) => taken += 1,
+                Err(e) => break e,
+            }
+            assert!(taken < 100, "the bound never held");
+        };
+        assert!(
+            matches!(refused, SinkError::S3(S3Error::SpoolFull { max: 4096, .. })),
+            "{refused}"
+        );
+        assert!(
+            (4..=6).contains(&taken),
+            "{taken} batches of 1000 bytes taken"
+        );
+        // What was live is sealed for upload.
+        let sealed = sealed_units(&dir.path().join("sealed")).unwrap();
+        assert_eq!(sealed.len(), 1);
+        assert!(!chunk_dirs(&sealed[0]).unwrap().is_empty());
+        // Still full: refused again.
+        assert!(sink.send_batch(&test_batch(&["y"], 1)).await.is_err());
+        // The uploader (here: the test) removes the chunk: room again.
+        for c in chunk_dirs(&sealed[0]).unwrap() {
+            std::fs::remove_dir_all(c).unwrap();
+        }
+        sink.send_batch(&test_batch(&["z"], 2)).await.unwrap();
+        // A companion's lines are never spooled.
+        let mut companion = test_batch(&[&line], 3);
+        let mut identity = (*companion.identity).clone();
+        identity
+            .labels
+            .insert("collector.role".into(), "companion".into());
+        companion.identity = Arc::new(identity);
+        let before = dir_bytes(dir.path());
+        sink.send_batch(&companion).await.unwrap();
+        assert_eq!(dir_bytes(dir.path()), before);
     }
 
     #[test]

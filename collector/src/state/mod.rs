@@ -21,11 +21,11 @@ use rusqlite::Connection;
 
 pub use checkpoint::{Checkpoint, CheckpointUpdate, SourceCounters};
 pub use history::{ContainerRecord, Death, DeathSource, Lifecycle};
-pub use metrics::{MetricLimits, MetricOwnerRecord, MetricPathRecord, MetricWrite};
+pub use metrics::{MetricLimits, MetricOwnerRecord, MetricPathRecord, MetricWrite, PendingMetrics};
 pub use query::{ContainerMatch, SourceRecord};
 
 /// The schema version this build writes. Migrations below upgrade older files.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// Errors from the state database.
 #[derive(Debug, thiserror::Error)]
@@ -215,6 +215,9 @@ fn migrate(conn: &Connection, version: i64) -> Result<(), rusqlite::Error> {
     }
     if version < 5 {
         conn.execute_batch(metrics::MIGRATION_5)?;
+    }
+    if version < 6 {
+        metrics::migrate_6(conn)?;
     }
     Ok(())
 }

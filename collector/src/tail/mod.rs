@@ -1,5 +1,6 @@
 //! Read log files safely across rotation and truncation, and turn bytes into records.
 
+pub mod budget;
 pub mod fingerprint;
 pub mod format;
 pub mod framing;

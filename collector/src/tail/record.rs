@@ -31,6 +31,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::budget::Share;
 use super::framing::BufferPool;
 
 /// A container output stream. Never called "stream": that word is CloudWatch's.
@@ -144,6 +145,9 @@ pub struct LogRecords {
     arenas: Vec<Arena>,
     /// Where arenas come from and go back to, if anywhere.
     pool: Option<Arc<BufferPool>>,
+    /// The share of the sources' memory budget these bytes hold (`budget.rs`), given back
+    /// with them.
+    share: Option<Share>,
 }
 
 /// A copy whose arenas are its own (not pooled).
@@ -162,6 +166,7 @@ impl Clone for LogRecords {
                 })
                 .collect(),
             pool: None,
+            share: None,
         }
     }
 }
@@ -195,6 +200,7 @@ impl LogRecords {
             chunks: Vec::new(),
             arenas: Vec::new(),
             pool: None,
+            share: None,
         }
     }
 
@@ -205,6 +211,7 @@ impl LogRecords {
             chunks: Vec::new(),
             arenas: Vec::new(),
             pool: Some(pool),
+            share: None,
         }
     }
 
@@ -214,7 +221,25 @@ impl LogRecords {
             self.entries = Vec::new();
             self.chunks = Vec::new();
             self.release_arenas();
+            self.share = None;
         }
+    }
+
+    /// Bytes of buffers these records hold: the reads they point into and what was written
+    /// into arenas (an arena's untouched tail costs no memory: it is mapped lazily).
+    pub fn held_bytes(&self) -> usize {
+        self.chunks.iter().map(Bytes::len).sum::<usize>()
+            + self.arenas.iter().map(|a| a.used).sum::<usize>()
+    }
+
+    /// Keeps `share` until these records are cleared or dropped, cut down to what they
+    /// hold.
+    pub fn hold(&mut self, mut share: Share) {
+        if let Some(held) = self.share.take() {
+            share.merge(held);
+        }
+        share.shrink_to(self.held_bytes());
+        self.share = Some(share);
     }
 
     /// Gives pooled arenas back and forgets every arena.
@@ -258,6 +283,7 @@ impl LogRecords {
         self.entries.clear();
         self.chunks.clear();
         self.release_arenas();
+        self.share = None;
     }
 
     /// Appends a copy of `record` (its bytes go to an arena).

@@ -228,9 +228,22 @@ impl RotationGuard {
 /// nice -10 where that is refused (no `CAP_SYS_NICE`, or a cgroup without real-time
 /// runtime). See sched(7).
 fn raise_priority() {
-    let param = libc::sched_param { sched_priority: 1 };
+    // SAFETY: `sched_param` is plain integers, for which all-zero is valid. Zeroed and then
+    // set, because musl's has more fields than glibc's (the images link the collector with
+    // musl).
+    let mut param: libc::sched_param = unsafe { std::mem::zeroed() };
+    param.sched_priority = 1;
+    // The raw system call, not libc's wrapper: musl's `sched_setscheduler` always fails with
+    // ENOSYS (it declines Linux's per-thread semantics), and per thread is what we want.
     // SAFETY: pid 0 is the calling thread; `param` outlives the call.
-    let fifo = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &raw const param) } == 0;
+    let fifo = unsafe {
+        libc::syscall(
+            libc::SYS_sched_setscheduler,
+            0,
+            libc::SCHED_FIFO,
+            &raw const param,
+        )
+    } == 0;
     if fifo {
         debug!("Rotation guard runs at real-time priority (SCHED_FIFO 1).");
         return;

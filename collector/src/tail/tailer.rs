@@ -39,6 +39,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::budget::{MemoryBudget, Share};
 use super::fingerprint::Fingerprint;
 use super::format::{Decoder, LogFormat};
 use super::framing::{BufferPool, LineFramer};
@@ -50,6 +51,9 @@ use crate::config::{ReadFrom, TailConfig};
 use crate::identify::ContainerIdentity;
 use crate::internal_events;
 use crate::state::{Checkpoint, CheckpointUpdate, SourceCounters, Store};
+
+/// Reads of `read_bytes` one pass makes at most (fewer at end of file).
+const PASS_READS: usize = 4;
 
 /// Records per batch at most: bounds the memory of one batch independently of line size.
 const MAX_BATCH_RECORDS: usize = 8192;
@@ -92,6 +96,15 @@ pub struct SourceSpec {
     pub new_files: Option<mpsc::Receiver<GuardEvent>>,
     /// The shared clock quiet files are polled by (`None`: each polls on its own timer).
     pub quiet_tick: Option<QuietTick>,
+    /// Where this source's tailers leave off: each batch sent records its checkpoint here,
+    /// and a tailer started again in the same process (the container restarted, or was seen
+    /// running again while its tailer finished) resumes from it rather than from the last
+    /// *committed* checkpoint, which lags by the batches in flight: reading those again
+    /// would deliver them twice. `None`: committed checkpoints only.
+    pub left_at: Option<Arc<std::sync::Mutex<Option<Checkpoint>>>>,
+    /// The memory budget of all sources' batches in flight (`budget.rs`); `None`: only the
+    /// per-source bound ([`MAX_BUFFERS_IN_FLIGHT`]) and the channel's apply.
+    pub budget: Option<Arc<MemoryBudget>>,
 }
 
 /// Why a tailer returned.
@@ -161,7 +174,14 @@ impl Tailer {
         store: Store,
         tx: mpsc::Sender<Batch>,
     ) -> Result<Self, crate::state::StateError> {
-        let checkpoints = store.checkpoints(&spec.info.key)?;
+        let mut checkpoints = store.checkpoints(&spec.info.key)?;
+        let left = spec
+            .left_at
+            .as_ref()
+            .and_then(|slot| slot.lock().unwrap_or_else(|p| p.into_inner()).clone());
+        if let Some(left) = left {
+            merge_resume(&mut checkpoints, left);
+        }
         let decoder = Decoder::new(spec.format, settings.max_line_bytes);
         let pool = BufferPool::new(settings.read_bytes);
         let mut t = Self {
@@ -420,6 +440,10 @@ impl Tailer {
             // is read again from 0, even when a rotation is also waiting. Its `fstat` also
             // sizes the pass (one `fstat` per pass of a quiet file).
             let size = self.check_truncation();
+            let share = match self.budget_share(size, &shutdown).await {
+                Ok(share) => share,
+                Err(outcome) => return outcome,
+            };
             let Some(cur) = self.current.as_mut() else {
                 continue;
             };
@@ -432,16 +456,14 @@ impl Tailer {
                 &self.settings,
                 &self.spec.info.key,
             );
+            if let Some(share) = share
+                && !records.is_empty()
+            {
+                records.hold(share);
+            }
             let at_eof = read.eof;
             if read.bytes > 0 {
                 released = false;
-            } else if at_eof && !released {
-                // Going quiet: a file that gets a line now and then needs no spare buffers.
-                // (This once keyed on `quiet_since`, which the pass that read a small file
-                // whole had already set: 1,000 quiet containers kept 76 MB.)
-                cur.framer.release_idle_memory();
-                records.release_idle_memory();
-                released = true;
             }
             if !records.is_empty() || self.offset_moved() {
                 if let Some(outcome) = self
@@ -455,6 +477,19 @@ impl Tailer {
                 // than places, the rest would wait in `reserve` (found on the idle bench:
                 // 100 files, 64 places, 36 tailers spinning on the rescan timer).
                 drop(permit);
+            }
+            if at_eof && !released {
+                // Read to the end: a file that gets a line now and then needs no spare
+                // buffers, and those of the batch just sent are freed, not kept, when the
+                // sinks are done with it. Kept, 1,000 small files read once each held their
+                // buffers until their next pass, which waits for room in the channel: the
+                // memory budget does not see a buffer back in its pool.
+                if let Some(cur) = self.current.as_mut() {
+                    cur.framer.release_idle_memory();
+                }
+                records.release_idle_memory();
+                self.decoder.release_idle_memory();
+                released = true;
             }
             if !at_eof {
                 idle = Duration::from_millis(5);
@@ -506,17 +541,57 @@ impl Tailer {
     ) -> Result<mpsc::OwnedPermit<Batch>, TailOutcome> {
         if self.pool.outstanding() >= MAX_BUFFERS_IN_FLIGHT {
             let pool = self.pool.clone();
-            let mut rescan = rescan_interval().await;
-            loop {
-                tokio::select! {
-                    biased;
-                    _ = pool.wait_below(MAX_BUFFERS_IN_FLIGHT) => break,
-                    _ = shutdown.cancelled() => return Err(TailOutcome::Cancelled),
-                    _ = rescan.tick() => self.pick_up_new_files(),
-                }
-            }
+            self.wait_rescanning(pool.wait_below(MAX_BUFFERS_IN_FLIGHT), shutdown)
+                .await?;
         }
         self.reserve(shutdown).await
+    }
+
+    /// Awaits `ready`, or shutdown. While it waits (the sinks or the budget hold this source
+    /// back), keeps opening rotated files so they cannot be deleted from under us.
+    async fn wait_rescanning<T>(
+        &mut self,
+        ready: impl std::future::Future<Output = T>,
+        shutdown: &CancellationToken,
+    ) -> Result<T, TailOutcome> {
+        tokio::pin!(ready);
+        let mut rescan = rescan_interval().await;
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut ready => return Ok(out),
+                _ = shutdown.cancelled() => return Err(TailOutcome::Cancelled),
+                _ = rescan.tick() => self.pick_up_new_files(),
+            }
+        }
+    }
+
+    /// The share of the memory budget the next pass may fill: twice what it can read (the
+    /// read buffers, and the arenas escapes are decoded into), none when there is nothing
+    /// to read. `size` is the current file's, when just taken.
+    async fn budget_share(
+        &mut self,
+        size: Option<u64>,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Share>, TailOutcome> {
+        let (Some(budget), Some(cur)) = (self.spec.budget.clone(), self.current.as_ref()) else {
+            return Ok(None);
+        };
+        let left = size.map_or(u64::MAX, |s| s.saturating_sub(cur.framer.read_offset()));
+        if left == 0 {
+            return Ok(None);
+        }
+        let pass = usize::try_from(left)
+            .unwrap_or(usize::MAX)
+            .min(self.settings.read_bytes.saturating_mul(PASS_READS));
+        let bytes = pass.saturating_mul(2);
+        // Most of the time the budget has room: no timer, no wait.
+        if let Some(share) = budget.try_reserve(bytes) {
+            return Ok(Some(share));
+        }
+        self.wait_rescanning(budget.reserve(bytes), shutdown)
+            .await
+            .map(Some)
     }
 
     /// A place in the sinks' channel. While the sinks hold us back, keeps opening rotated
@@ -529,15 +604,11 @@ impl Tailer {
         if let Ok(permit) = self.tx.clone().try_reserve_owned() {
             return Ok(permit);
         }
-        let mut rescan = rescan_interval().await;
-        loop {
-            tokio::select! {
-                biased;
-                permit = self.tx.clone().reserve_owned() => return permit.map_err(|_| TailOutcome::SinkClosed),
-                _ = shutdown.cancelled() => return Err(TailOutcome::Cancelled),
-                _ = rescan.tick() => self.pick_up_new_files(),
-            }
-        }
+        // One wait, kept across rescans: the channel's queue of waiting tailers is fair only
+        // to a waiter that keeps its place.
+        self.wait_rescanning(self.tx.clone().reserve_owned(), shutdown)
+            .await?
+            .map_err(|_| TailOutcome::SinkClosed)
     }
 
     /// Sleeps, or returns true when shutdown is requested; a container exit also wakes it.
@@ -705,7 +776,15 @@ impl Tailer {
                 Err(outcome) => return Some(outcome),
             },
         };
+        let sent = self
+            .spec
+            .left_at
+            .as_ref()
+            .map(|slot| (slot, batch.ack.checkpoint.clone()));
         permit.send(batch);
+        if let Some((slot, checkpoint)) = sent {
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(checkpoint);
+        }
         None
     }
 }
@@ -727,7 +806,7 @@ fn read_pass(
     key: &str,
 ) -> ReadPass {
     let now = now_rfc3339();
-    let budget = settings.read_bytes * 4;
+    let budget = settings.read_bytes * PASS_READS;
     let mut total = 0;
     // What fstat says is left sizes the reads: a quiet file gets small buffers.
     let size = size
@@ -877,6 +956,23 @@ fn rotated_name(path: &Path, i: u32) -> PathBuf {
 /// The read time, for formats whose lines carry none.
 fn now_rfc3339() -> Bytes {
     Bytes::from(humantime::format_rfc3339_nanos(SystemTime::now()).to_string())
+}
+
+/// Adds where an earlier tailer of this process left off to the committed checkpoints: for
+/// the same file the further offset wins; another file is a newer one (sent batches follow
+/// the chain), so it is added.
+fn merge_resume(checkpoints: &mut Vec<Checkpoint>, left: Checkpoint) {
+    match checkpoints.iter_mut().find(|cp| {
+        cp.fingerprint
+            .same_inode(left.fingerprint.dev, left.fingerprint.ino)
+    }) {
+        Some(cp) => {
+            if left.offset > cp.offset {
+                *cp = left;
+            }
+        }
+        None => checkpoints.push(left),
+    }
 }
 
 /// Runs a tailer and logs how it ended.

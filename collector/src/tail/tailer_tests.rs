@@ -31,6 +31,9 @@ enum Op {
     /// Stop the tailer (as a crash would: no final flush) and start a new one from the
     /// committed checkpoints.
     Restart,
+    /// Stop the tailer, do these (writes and rotations) while no tailer runs, start a new one
+    /// from the committed checkpoints: the collector down while Docker rotates.
+    Down(Vec<Op>),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -40,7 +43,25 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::CatchUpAndTruncate),
         2 => Just(Op::Pause),
         1 => Just(Op::Restart),
+        1 => prop::collection::vec(
+            prop_oneof![(1usize..200).prop_map(Op::Write), Just(Op::Rotate)],
+            1..5
+        )
+        .prop_map(Op::Down),
     ]
+}
+
+/// Appends `n` numbered lines to `path`, recording them in `written`.
+fn write_lines(path: &Path, written: &mut Vec<String>, n: usize) {
+    let mut f = OpenOptions::new().append(true).open(path).unwrap();
+    let mut buf = String::new();
+    for _ in 0..n {
+        let line = format!("line {} {}", written.len(), "x".repeat(written.len() % 97));
+        buf.push_str(&line);
+        buf.push('\n');
+        written.push(line);
+    }
+    f.write_all(buf.as_bytes()).unwrap();
 }
 
 struct Harness {
@@ -85,6 +106,8 @@ impl Harness {
             running: self.running_tx.subscribe(),
             new_files: None,
             quiet_tick: None,
+            left_at: None,
+            budget: None,
         };
         let tailer = Tailer::new(spec, self.settings.clone(), self.store.clone(), tx).unwrap();
         tokio::spawn(tailer.run(stop))
@@ -154,18 +177,7 @@ fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
         let mut tailer = h.spawn(tx.clone(), stop.clone());
         for op in ops {
             match op {
-                Op::Write(n) => {
-                    let mut f = OpenOptions::new().append(true).open(&h.path).unwrap();
-                    let mut buf = String::new();
-                    for _ in 0..n {
-                        let line =
-                            format!("line {} {}", written.len(), "x".repeat(written.len() % 97));
-                        buf.push_str(&line);
-                        buf.push('\n');
-                        written.push(line);
-                    }
-                    f.write_all(buf.as_bytes()).unwrap();
-                }
+                Op::Write(n) => write_lines(&h.path, &mut written, n),
                 Op::Rotate => rotate(&h.path),
                 Op::CatchUpAndTruncate => {
                     wait_for(&delivered, written.len()).await;
@@ -178,11 +190,20 @@ fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         .unwrap();
                 }
                 Op::Pause => tokio::time::sleep(Duration::from_millis(15)).await,
-                Op::Restart => {
+                Op::Restart | Op::Down(_) => {
                     stop.cancel();
                     tailer.await.unwrap();
                     drop(tx);
                     consumer.await.unwrap();
+                    if let Op::Down(while_down) = op {
+                        for op in while_down {
+                            match op {
+                                Op::Write(n) => write_lines(&h.path, &mut written, n),
+                                Op::Rotate => rotate(&h.path),
+                                other => unreachable!("not generated while down: {other:?}"),
+                            }
+                        }
+                    }
                     // Everything delivered so far was checkpointed by the consumer; a new
                     // tailer must resume exactly there.
                     restarts += 1;
@@ -235,6 +256,25 @@ fn rotation_burst_while_behind_loses_nothing() {
     .unwrap();
 }
 
+/// The collector is down while the file is rotated twice: the file between the one of the
+/// checkpoint and the current one is found by name and read (seen lost once under load).
+#[test]
+fn two_rotations_while_down_lose_nothing() {
+    run_case(vec![
+        Op::Write(10),
+        Op::Pause,
+        Op::Down(vec![Op::Rotate, Op::Write(53), Op::Rotate, Op::Write(230)]),
+        Op::Write(5),
+    ])
+    .unwrap();
+    run_case(vec![
+        Op::Rotate,
+        Op::Down(vec![Op::Write(53), Op::Rotate, Op::Write(230), Op::Rotate]),
+        Op::Write(5),
+    ])
+    .unwrap();
+}
+
 #[test]
 fn restart_resumes_at_checkpoint_across_rotation() {
     run_case(vec![
@@ -248,4 +288,170 @@ fn restart_resumes_at_checkpoint_across_rotation() {
         Op::Restart,
     ])
     .unwrap();
+}
+
+/// A tailer started again in the same process (the container was seen running again while
+/// its tailer finished) resumes where the first one left off, not at the committed
+/// checkpoint: batches still in flight (sent, not committed) are not read twice.
+#[test]
+fn a_tailer_started_again_resumes_after_the_batches_in_flight() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let h = Harness::new(dir.path());
+        let mut f = File::create(&h.path).unwrap();
+        for i in 0..100 {
+            writeln!(f, "line {i}").unwrap();
+        }
+        let slot: Arc<std::sync::Mutex<Option<crate::state::Checkpoint>>> =
+            Arc::new(std::sync::Mutex::new(None));
+        let start = |tx| {
+            let spec = SourceSpec {
+                info: h.info.clone(),
+                path: h.path.clone(),
+                format: LogFormat::Plain,
+                identity: h.identity_tx.subscribe(),
+                running: h.running_tx.subscribe(),
+                new_files: None,
+                quiet_tick: None,
+                left_at: Some(slot.clone()),
+                budget: None,
+            };
+            let tailer = Tailer::new(spec, h.settings.clone(), h.store.clone(), tx).unwrap();
+            tokio::spawn(tailer.run(CancellationToken::new()))
+        };
+        // The first tailer reads everything and finishes; nothing is committed (in flight).
+        h.running_tx.send_replace(false);
+        let (tx, mut rx) = mpsc::channel(64);
+        assert_eq!(start(tx).await.unwrap(), TailOutcome::Finished);
+        let mut first = 0;
+        while let Ok(b) = rx.try_recv() {
+            first += b.records.len();
+        }
+        assert_eq!(first, 100);
+        // Started again: only what was written since.
+        writeln!(f, "line 100").unwrap();
+        let (tx, mut rx) = mpsc::channel(64);
+        assert_eq!(start(tx).await.unwrap(), TailOutcome::Finished);
+        let mut again = Vec::new();
+        while let Ok(b) = rx.try_recv() {
+            again.extend(
+                b.records
+                    .iter()
+                    .map(|r| String::from_utf8(r.message.to_vec()).unwrap()),
+            );
+        }
+        assert_eq!(again, ["line 100"]);
+    });
+}
+
+/// The case proptest found once on a loaded machine (load average 10): the 53 lines written
+/// between the first two rotations were missing. Not reproduced since, with this sequence
+/// run 40 times under load, nor with the rotations done before the tailer first runs; kept
+/// as a fixed case because a changed generator no longer replays the saved seed.
+#[test]
+fn rotations_before_the_first_pass_then_restarts() {
+    run_case(vec![
+        Op::Rotate,
+        Op::Write(53),
+        Op::Rotate,
+        Op::Write(230),
+        Op::Pause,
+        Op::Restart,
+        Op::Write(45),
+        Op::Restart,
+        Op::Restart,
+        Op::Write(46),
+        Op::Write(188),
+        Op::CatchUpAndTruncate,
+        Op::Write(9),
+    ])
+    .unwrap();
+}
+
+/// Sinks that hold every batch (slow, or down without a disk buffer): the sources together
+/// hold no more than the memory budget, whatever their number, and once the sinks take the
+/// batches every line arrives once, in order.
+#[tokio::test]
+async fn batches_held_by_the_sinks_stay_within_the_memory_budget() {
+    use super::budget::MemoryBudget;
+
+    const SOURCES: usize = 6;
+    let dirs: Vec<_> = (0..SOURCES).map(|_| tempfile::tempdir().unwrap()).collect();
+    let harnesses: Vec<_> = dirs.iter().map(|d| Harness::new(d.path())).collect();
+    let mut written = vec![Vec::new(); SOURCES];
+    for (h, w) in harnesses.iter().zip(&mut written) {
+        File::create(&h.path).unwrap();
+        write_lines(&h.path, w, 1500);
+    }
+    let budget_bytes = 8 * harnesses[0].settings.read_bytes;
+    let budget = MemoryBudget::new(budget_bytes);
+    let stop = CancellationToken::new();
+    let (tx, mut rx) = mpsc::channel(1000);
+    let mut tasks = Vec::new();
+    for (i, h) in harnesses.iter().enumerate() {
+        let spec = SourceSpec {
+            info: Arc::new(SourceInfo::declared_file(
+                ContainerId::parse(&format!("{i:x}").repeat(64)).unwrap(),
+                PathBuf::from("/app.log"),
+            )),
+            path: h.path.clone(),
+            format: LogFormat::Plain,
+            identity: h.identity_tx.subscribe(),
+            running: h.running_tx.subscribe(),
+            new_files: None,
+            quiet_tick: None,
+            left_at: None,
+            budget: Some(budget.clone()),
+        };
+        let tailer = Tailer::new(spec, h.settings.clone(), h.store.clone(), tx.clone()).unwrap();
+        tasks.push(tokio::spawn(tailer.run(stop.clone())));
+    }
+    drop(tx);
+
+    // Hold everything until nothing more comes: the budget is spent.
+    let mut held = Vec::new();
+    while let Ok(Some(b)) = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
+        held.push(b);
+    }
+    let holding: usize = held.iter().map(|b| b.records.held_bytes()).sum();
+    assert!(!held.is_empty());
+    assert!(
+        holding <= budget_bytes,
+        "{} batches hold {holding} bytes, over the budget of {budget_bytes}",
+        held.len()
+    );
+    let lines: usize = held.iter().map(|b| b.records.len()).sum();
+    assert!(
+        lines < 1500 * SOURCES,
+        "the budget did not hold the readers back"
+    );
+
+    // The sinks take them: everything arrives.
+    let mut delivered = vec![Vec::new(); SOURCES];
+    let take = |b: Batch, delivered: &mut Vec<Vec<String>>| {
+        let i = usize::from_str_radix(&b.source.container_id.as_str()[..1], 16).unwrap();
+        for r in b.records.iter() {
+            delivered[i].push(String::from_utf8(r.message.to_vec()).unwrap());
+        }
+    };
+    for b in held {
+        take(b, &mut delivered);
+    }
+    while delivered.iter().map(Vec::len).sum::<usize>() < 1500 * SOURCES {
+        let b = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("the readers resume once the batches are dropped")
+            .unwrap();
+        take(b, &mut delivered);
+    }
+    assert_eq!(delivered, written);
+    assert_eq!(budget.available(), budget_bytes);
+    stop.cancel();
+    for t in tasks {
+        t.await.unwrap();
+    }
 }

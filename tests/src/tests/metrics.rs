@@ -30,7 +30,7 @@ use crate::{Check, CollectorProcess, TestContainer, TestTask, docker, random_hex
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The static sender, compiled once per test run.
-fn graphite_send() -> Result<PathBuf> {
+pub(super) fn graphite_send() -> Result<PathBuf> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BUILT
         .get_or_init(|| {
@@ -76,7 +76,7 @@ fn now() -> u64 {
 }
 
 /// `GET target` over the control socket.
-fn http_get(socket: &Path, target: &str) -> Result<(u16, String)> {
+pub(super) fn http_get(socket: &Path, target: &str) -> Result<(u16, String)> {
     let mut s =
         UnixStream::connect(socket).with_context(|| format!("connect {}", socket.display()))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -92,7 +92,7 @@ fn http_get(socket: &Path, target: &str) -> Result<(u16, String)> {
     Ok((status, body.to_owned()))
 }
 
-fn get_json(socket: &Path, target: &str) -> Result<Option<Value>> {
+pub(super) fn get_json(socket: &Path, target: &str) -> Result<Option<Value>> {
     let (status, body) = http_get(socket, target)?;
     match status {
         200 => Ok(Some(
@@ -104,7 +104,7 @@ fn get_json(socket: &Path, target: &str) -> Result<Option<Value>> {
 }
 
 /// `path -> latest value` of an owner's answer.
-fn latest(answer: &Value) -> Vec<(String, f64)> {
+pub(super) fn latest(answer: &Value) -> Vec<(String, f64)> {
     let mut out: Vec<(String, f64)> = answer["metrics"]
         .as_array()
         .map(|a| {
@@ -266,6 +266,30 @@ impl Drop for Network {
     }
 }
 
+/// Waits until the collector's control API knows `task` (its containers are identified).
+fn wait_for_task(collector: &mut CollectorProcess, task: &TestTask) -> Result<()> {
+    let api = collector.data_dir().join("control.sock");
+    collector.wait_until(TIMEOUT, &format!("task {} known", task.task_id), || {
+        Ok(
+            match get_json(&api, &format!("/v1/tasks/{}", task.task_id))? {
+                Some(_) => Check::Done(()),
+                None => Check::Waiting("404".into()),
+            },
+        )
+    })
+}
+
+/// Waits until the collector's Graphite TCP listener on `127.0.0.1:port` accepts. The probe
+/// connection is itself a sender the collector looks up.
+fn wait_for_tcp_listener(collector: &mut CollectorProcess, port: u16) -> Result<()> {
+    collector.wait_until(TIMEOUT, "the TCP listener", || {
+        Ok(match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(_) => Check::Done(()),
+            Err(e) => Check::Waiting(e.to_string()),
+        })
+    })
+}
+
 /// Two tasks send the same paths over every transport: each value lands on its own task,
 /// in the API, in `inspect`, and in what carbon-c-relay forwards.
 #[test]
@@ -285,7 +309,7 @@ fn same_path_from_two_tasks_lands_on_each_task_over_every_transport() -> Result<
             format!("127.0.0.1:{}", relay.port),
         )
         .start()?;
-    let socket = collector.data_dir().join("graphite.sock");
+    let socket = collector.data_dir().join("task/graphite.sock");
     let api = collector.data_dir().join("control.sock");
     collector.wait_until(TIMEOUT, "the metrics socket", || {
         Ok(if socket.exists() {
@@ -334,14 +358,7 @@ fn same_path_from_two_tasks_lands_on_each_task_over_every_transport() -> Result<
     // Both containers identified by the collector before they send, so the forwarded paths
     // carry the whole identity.
     for task in &tasks {
-        collector.wait_until(TIMEOUT, &format!("task {} known", task.task_id), || {
-            Ok(
-                match get_json(&api, &format!("/v1/tasks/{}", task.task_id))? {
-                    Some(_) => Check::Done(()),
-                    None => Check::Waiting("404".into()),
-                },
-            )
-        })?;
+        wait_for_task(&mut collector, task)?;
     }
     super::go(&ctl)?;
 
@@ -505,12 +522,7 @@ fn malformed_input_is_rejected_per_reason_and_good_samples_are_unaffected() -> R
         .start()?;
     let api = collector.data_dir().join("control.sock");
     let addr = ("127.0.0.1", port);
-    collector.wait_until(TIMEOUT, "the TCP listener", || {
-        Ok(match TcpStream::connect(addr) {
-            Ok(_) => Check::Done(()),
-            Err(e) => Check::Waiting(e.to_string()),
-        })
-    })?;
+    wait_for_tcp_listener(&mut collector, port)?;
     let t = now();
     let send = |bytes: &[u8]| -> Result<()> {
         let mut s = TcpStream::connect(addr)?;
@@ -625,12 +637,7 @@ fn a_host_network_container_is_attributed_through_its_socket() -> Result<()> {
         .env("COLLECTOR_METRICS__STATSD", "")
         .start()?;
     let api = collector.data_dir().join("control.sock");
-    collector.wait_until(TIMEOUT, "the TCP listener", || {
-        Ok(match TcpStream::connect(("127.0.0.1", port)) {
-            Ok(_) => Check::Done(()),
-            Err(e) => Check::Waiting(e.to_string()),
-        })
-    })?;
+    wait_for_tcp_listener(&mut collector, port)?;
     let task = TestTask::new("metrics-host");
     let _container = TestContainer::builder()
         .ecs(&task, "daemon")
@@ -701,12 +708,7 @@ fn the_forwarder_reconnects_when_carbon_c_relay_restarts() -> Result<()> {
         )
         .start()?;
     let api = collector.data_dir().join("control.sock");
-    collector.wait_until(TIMEOUT, "the TCP listener", || {
-        Ok(match TcpStream::connect(("127.0.0.1", port)) {
-            Ok(_) => Check::Done(()),
-            Err(e) => Check::Waiting(e.to_string()),
-        })
-    })?;
+    wait_for_tcp_listener(&mut collector, port)?;
     let send = |line: &str| -> Result<()> {
         let mut s = TcpStream::connect(("127.0.0.1", port))?;
         s.write_all(line.as_bytes())?;
@@ -768,12 +770,7 @@ fn connections_over_the_per_peer_bound_are_closed_and_counted() -> Result<()> {
         .env("COLLECTOR_METRICS__MAX_CONNECTIONS_PER_PEER", "2")
         .start()?;
     let api = collector.data_dir().join("control.sock");
-    collector.wait_until(TIMEOUT, "the TCP listener", || {
-        Ok(match TcpStream::connect(("127.0.0.1", port)) {
-            Ok(_) => Check::Done(()),
-            Err(e) => Check::Waiting(e.to_string()),
-        })
-    })?;
+    wait_for_tcp_listener(&mut collector, port)?;
     // The probes above closed: wait until the collector freed their slots.
     let idle = |s: &TcpStream| -> Result<bool> {
         s.set_read_timeout(Some(Duration::from_millis(500)))?;
@@ -839,4 +836,196 @@ fn connections_over_the_per_peer_bound_are_closed_and_counted() -> Result<()> {
         })
     })?;
     Ok(())
+}
+
+/// Runs `cmd args`, failing with its stderr.
+fn run(cmd: &str, args: &[&str]) -> Result<()> {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .with_context(|| format!("run {cmd}"))?;
+    ensure!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// A veth pair whose host end is removed when dropped.
+struct Veth(String);
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).output();
+    }
+}
+
+/// An `awsvpc`-style task: its containers share a network namespace that Docker did not set
+/// up (`--network none`, then an interface moved in from outside, as the ECS CNI plugins do
+/// with the task's ENI), so Docker knows no address for it. A sample it sends over TCP from
+/// that address is attributed by the namespace's addresses, read in procfs.
+#[test]
+fn a_sender_in_a_namespace_docker_did_not_configure_is_attributed_by_its_addresses() -> Result<()> {
+    let sender = graphite_send()?;
+    let port = free_port()?;
+    let mut collector = CollectorProcess::builder()
+        .env("COLLECTOR_METRICS__TCP", format!("0.0.0.0:{port}"))
+        .start()?;
+    let api = collector.data_dir().join("control.sock");
+    let task = TestTask::new("awsvpc");
+    let container = TestContainer::builder()
+        .ecs(&task, "app")
+        .options(["--network", "none"])
+        .bind(&sender, "/graphite-send")
+        .shell("exec sleep 600")
+        .start()?;
+    let pid = container.pid()?.to_string();
+    // A /30 of its own per run: 10.213.<n>.0/30.
+    let n = u8::from_str_radix(&random_hex(2), 16)?;
+    let (host_ip, task_ip) = (format!("10.213.{n}.1"), format!("10.213.{n}.2"));
+    let suffix = random_hex(4);
+    let (host_end, task_end) = (format!("vh{suffix}"), format!("vt{suffix}"));
+    run(
+        "ip",
+        &[
+            "link", "add", &host_end, "type", "veth", "peer", "name", &task_end,
+        ],
+    )?;
+    let _veth = Veth(host_end.clone());
+    run("ip", &["link", "set", &task_end, "netns", &pid])?;
+    run(
+        "ip",
+        &["addr", "add", &format!("{host_ip}/30"), "dev", &host_end],
+    )?;
+    run("ip", &["link", "set", &host_end, "up"])?;
+    let ns = format!("--net=/proc/{pid}/ns/net");
+    run(
+        "nsenter",
+        &[
+            &ns,
+            "ip",
+            "addr",
+            "add",
+            &format!("{task_ip}/30"),
+            "dev",
+            &task_end,
+        ],
+    )?;
+    run("nsenter", &[&ns, "ip", "link", "set", &task_end, "up"])?;
+    let script = format!("printf 'awsvpc.requests 42\\n' | /graphite-send tcp {host_ip}:{port}");
+    docker(["exec", container.id(), "sh", "-c", &script])?;
+    let answer = collector.wait_until(TIMEOUT, "the sample on its task", || {
+        Ok(
+            match get_json(&api, &format!("/v1/metrics/tasks/{}", task.task_id))? {
+                Some(a) if latest(&a).contains(&("awsvpc.requests".to_owned(), 42.0)) => {
+                    Check::Done(a)
+                }
+                other => Check::Waiting(format!("{other:?}")),
+            },
+        )
+    })?;
+    // Docker knows no address for the container (`--network none`): only its namespace's
+    // addresses can name it.
+    let sent_by = answer["metrics"][0]["container_id"].as_str();
+    ensure!(
+        sent_by == Some(container.id()) && answer["family"] == "awsvpc",
+        "attributed to the wrong sender: {answer}"
+    );
+    Ok(())
+}
+
+/// A real client library as the sender: PyPI's `graphyte` (installed by `cargo xtask test`
+/// beside moto), run by a task's container on a bridge network (the host's root mounted
+/// read-only and entered with `chroot`, so the process is the container's). Right after
+/// another sender was looked up (the test's own probe), it sends to the gateway over TCP and
+/// UDP, a socket per UDP sample closed at once; both samples land on its task, by its
+/// address, with the values and the timestamp it sent.
+#[test]
+fn samples_from_the_graphyte_library_land_on_their_task() -> Result<()> {
+    let python = crate::moto::moto_server_bin()?.with_file_name("python");
+    ensure!(
+        python.exists(),
+        "no {}: run `cargo xtask test` (it installs graphyte beside moto)",
+        python.display()
+    );
+    let net = Network::create()?;
+    let port = free_port()?;
+    let mut collector = CollectorProcess::builder()
+        .env("COLLECTOR_METRICS__TCP", format!("0.0.0.0:{port}"))
+        .env("COLLECTOR_METRICS__UDP", format!("0.0.0.0:{port}"))
+        .env("COLLECTOR_METRICS__STATSD", "")
+        .start()?;
+    let api = collector.data_dir().join("control.sock");
+    let ctl = super::control_dir(&collector)?;
+    let go = ctl.join("go");
+    // A timestamp of its own for the TCP sample; the UDP one is stamped by graphyte. The
+    // script waits for the test's go (the host's /tmp is its /tmp).
+    let stamp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() - 30;
+    let gw = &net.gateway;
+    let script = format!(
+        "import os, time\n\
+         while not os.path.exists('{go}'): time.sleep(0.05)\n\
+         import graphyte\n\
+         tcp = graphyte.Sender('{gw}', port={port}, prefix='gy', raise_send_errors=True)\n\
+         tcp.send('tcp.metric', 42, timestamp={stamp})\n\
+         udp = graphyte.Sender('{gw}', port={port}, prefix='gy', protocol='udp', raise_send_errors=True)\n\
+         udp.send('udp.metric', 43.5)\n\
+         time.sleep(600)\n",
+        go = go.display()
+    );
+    // The test's probe is a lookup too: the container starts and sends within a second of
+    // it, before the addresses may be listed again.
+    wait_for_tcp_listener(&mut collector, port)?;
+    let task = TestTask::new("metrics-graphyte");
+    let container = TestContainer::builder()
+        .ecs(&task, "app")
+        .bind(Path::new("/"), "/host:ro")
+        .options(["--network", net.name.as_str()])
+        .command([
+            "busybox".to_owned(),
+            "chroot".to_owned(),
+            "/host".to_owned(),
+            python.display().to_string(),
+            "-c".to_owned(),
+            script,
+        ])
+        .start()?;
+    wait_for_task(&mut collector, &task)?;
+    super::go(&ctl)?;
+    let answer = collector.wait_until(TIMEOUT, "graphyte's samples on its task", || {
+        Ok(
+            match get_json(&api, &format!("/v1/metrics/tasks/{}", task.task_id))? {
+                Some(a)
+                    if latest(&a)
+                        == [
+                            ("gy.tcp.metric".to_owned(), 42.0),
+                            ("gy.udp.metric".to_owned(), 43.5),
+                        ] =>
+                {
+                    Check::Done(a)
+                }
+                other => Check::Waiting(format!("{:?}", other.as_ref().map(latest))),
+            },
+        )
+    });
+    let answer = answer.map_err(|e| {
+        let output = container
+            .docker_logs()
+            .map(|(out, err)| {
+                out.into_iter()
+                    .chain(err)
+                    .map(|l| l.message)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_default();
+        e.context(format!("graphyte's output: {output}"))
+    })?;
+    let text = answer.to_string();
+    ensure!(
+        text.contains(&stamp.to_string()),
+        "the TCP sample's own timestamp {stamp} is not kept: {text}"
+    );
+    collector.check_running()
 }

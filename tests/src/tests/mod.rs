@@ -9,10 +9,13 @@
 mod harness;
 
 mod cloudwatch;
+mod companion;
 mod corrupt_input;
+mod crash_safety;
 mod docker_unreachable;
 mod ebpf;
 mod ecs_identity;
+mod host_churn;
 mod inspect;
 mod kill_restart;
 mod long_line;
@@ -20,8 +23,10 @@ mod metrics;
 mod no_config;
 mod rotation;
 mod s3;
+mod security;
 mod short_lived;
 mod sigterm;
+mod sink_faults;
 
 use std::fs;
 use std::path::{Path, PathBuf};

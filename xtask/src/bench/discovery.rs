@@ -47,9 +47,7 @@ pub(crate) fn run(plan: &Plan, report: &mut Report) -> Result<()> {
         .context("starting the Docker daemon")?;
     docker::ensure_image(docker::TEST_IMAGE).context("building the test image")?;
     remove_bench_containers();
-    let docker_root =
-        cmd::output(Command::new("docker").args(["info", "--format", "{{.DockerRootDir}}"]))
-            .context("ask Docker for its root directory")?;
+    let docker_root = docker::root_dir()?;
 
     measure::ensure_binary(&plan.collector)?;
     for mode in &MODES {
@@ -117,17 +115,7 @@ fn run_mode(plan: &Plan, mode: &Mode, docker_root: &str) -> Result<DiscoveryResu
     )
     .with_context(|| format!("write {}", config.display()))?;
     let log = dir.join("collector.log");
-    let out = fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
-    let err = out.try_clone().context("open the log")?;
-    let mut child = Command::new(&plan.collector)
-        .arg("run")
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .with_context(|| format!("start {}", plan.collector.display()))?;
+    let mut child = measure::spawn_collector(&plan.collector, &config, &log)?;
     let result = measure_runs(plan, &data, &mut child, mode);
     measure::stop(&mut child, Duration::from_secs(25));
     remove_bench_containers();
@@ -142,16 +130,7 @@ fn measure_runs(
     mode: &Mode,
 ) -> Result<DiscoveryResult> {
     // Let the collector open its state and finish its first scans of what already runs.
-    let ready = Instant::now();
-    while !data.join("state.db").exists() {
-        if let Ok(Some(status)) = child.try_wait() {
-            bail!("the collector exited at start ({status})");
-        }
-        if ready.elapsed() > Duration::from_secs(30) {
-            bail!("the collector did not create its state in 30 s");
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
+    measure::wait_for_state(data, child)?;
     thread::sleep(Duration::from_secs(2));
     let sink_root = data.join("logs").join("containers");
     if let Ok(Some(status)) = child.try_wait() {
@@ -257,16 +236,8 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 
 /// Removes every container this scenario started (now or in an earlier run).
 fn remove_bench_containers() {
-    let ids = cmd::output(Command::new("docker").args([
-        "ps",
-        "-aq",
-        "--filter",
-        &format!("label={LABEL}"),
-    ]))
-    .unwrap_or_default();
-    let ids: Vec<&str> = ids.split_whitespace().collect();
-    if !ids.is_empty() {
-        let _ = cmd::output(Command::new("docker").args(["rm", "-f"]).args(&ids));
+    if let Err(e) = docker::remove_labelled(LABEL) {
+        eprintln!("xtask: bench: removing the discovery containers: {e:#}");
     }
 }
 

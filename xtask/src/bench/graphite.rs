@@ -7,7 +7,7 @@
 //! every sample). CPU is the measured process's own (procfs), so per-core figures are
 //! `samples / CPU seconds`.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -25,21 +25,35 @@ use super::report::{Report, Row};
 /// Distinct metric paths in the input.
 const PATHS: u64 = 1000;
 
-/// The input: `samples` Graphite lines over [`PATHS`] paths.
+/// The input: `samples` Graphite lines over [`PATHS`] paths, `bench.app{0..99}.metric{0..9}`.
+/// (The application is `(i / 10) % 100`: with `i % 100` it would be tied to the metric's
+/// `i % 10` and only 100 paths would be sent.)
 fn input(samples: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(samples as usize * 40);
+    push_lines(&mut out, "bench", 0..samples, PATHS);
+    out
+}
+
+/// Appends Graphite lines `<prefix>.app<a>.metric<m> <i> <now>` for each `i` of `numbers`,
+/// over `paths` paths (10 metrics per application), stamped with the current second: the
+/// load of the graphite bench and of `cargo xtask soak`.
+pub(crate) fn push_lines(
+    out: &mut Vec<u8>,
+    prefix: &str,
+    numbers: std::ops::Range<u64>,
+    paths: u64,
+) {
     let ts = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let mut out = Vec::with_capacity(samples as usize * 40);
-    for i in 0..samples {
+    for i in numbers {
         let _ = writeln!(
             out,
-            "bench.app{}.metric{} {i} {ts}",
-            i % (PATHS / 10),
+            "{prefix}.app{}.metric{} {i} {ts}",
+            (i / 10) % (paths / 10).max(1),
             i % 10
         );
     }
-    out
 }
 
 /// A TCP listener on 127.0.0.1 counting the lines it receives, on every connection.
@@ -65,7 +79,7 @@ fn counting_listener() -> Result<(u16, Arc<AtomicU64>)> {
 }
 
 /// A free TCP port on 127.0.0.1.
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")
         .context("bind a port")?
         .local_addr()?
@@ -73,7 +87,7 @@ fn free_port() -> Result<u16> {
 }
 
 /// Waits until `port` accepts connections.
-fn wait_listening(port: u16, child: &mut Child) -> Result<()> {
+pub(crate) fn wait_listening(port: u16, child: &mut Child) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         anyhow::ensure!(
@@ -190,18 +204,7 @@ fn collector(plan: &Plan, scenario: &str, data: Arc<Vec<u8>>) -> Result<Row> {
         ),
     )
     .with_context(|| format!("write {}", config.display()))?;
-    let log = dir.join("collector.log");
-    let out = File::create(&log).with_context(|| format!("create {}", log.display()))?;
-    let mut child = Command::new(&plan.collector)
-        .arg("run")
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out)
-        .spawn()
-        .with_context(|| format!("start {}", plan.collector.display()))?;
+    let mut child = measure::spawn_collector(&plan.collector, &config, &dir.join("collector.log"))?;
     let result = (|| {
         wait_listening(port, &mut child)?;
         let started = Instant::now();
@@ -316,5 +319,16 @@ mod tests {
         assert!(report.all_delivered(), "{:#?}", report.rows);
         assert_eq!(report.rows[0].tool, "collector");
         assert_eq!(report.rows[0].delivered, Some(20_000));
+    }
+
+    #[test]
+    fn the_input_has_every_path() {
+        let data = input(PATHS * 3);
+        let paths: std::collections::HashSet<&[u8]> = data
+            .split(|b| *b == b'\n')
+            .filter_map(|l| l.split(|b| *b == b' ').next())
+            .filter(|p| !p.is_empty())
+            .collect();
+        assert_eq!(paths.len() as u64, PATHS);
     }
 }

@@ -8,6 +8,7 @@
 //!   while the collector writes). The collector counts a batch there only after every sink
 //!   acknowledged it.
 
+use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -102,21 +103,66 @@ pub(crate) fn children_cpu_seconds() -> Result<f64> {
 /// # Errors
 /// When its `status` cannot be read or has no `VmHWM`.
 pub(crate) fn peak_rss_bytes(pid: u32) -> Result<u64> {
+    Ok(status_field(pid, "VmHWM")? * 1024)
+}
+
+/// Resident set size of a live process now (`VmRSS`), in bytes.
+///
+/// # Errors
+/// When its `status` cannot be read or has no `VmRSS`.
+pub(crate) fn rss_bytes(pid: u32) -> Result<u64> {
+    Ok(status_field(pid, "VmRSS")? * 1024)
+}
+
+/// Threads of a live process (`Threads` of its `status`).
+///
+/// # Errors
+/// When its `status` cannot be read or has no `Threads`.
+pub(crate) fn threads(pid: u32) -> Result<u64> {
+    status_field(pid, "Threads")
+}
+
+/// What each open file descriptor of a live process points to (the links of
+/// `/proc/<pid>/fd`: a path, with ` (deleted)` after it for a removed file, or
+/// `socket:[inode]`, `anon_inode:inotify`...). A descriptor closed while the directory is
+/// read is left out.
+///
+/// # Errors
+/// When the directory cannot be read (the process is gone, or is not ours).
+pub(crate) fn fd_targets(pid: u32) -> Result<Vec<std::path::PathBuf>> {
+    let path = format!("/proc/{pid}/fd");
+    Ok(fs::read_dir(&path)
+        .with_context(|| format!("read {path}"))?
+        .flatten()
+        .filter_map(|e| fs::read_link(e.path()).ok())
+        .collect())
+}
+
+/// The number of a `Name: <number> [kB]` line of `/proc/<pid>/status` (kB for sizes).
+fn status_field(pid: u32, name: &str) -> Result<u64> {
     let path = format!("/proc/{pid}/status");
     let status = fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .with_context(|| format!("no VmHWM in {path}"))
+        .with_context(|| format!("no {name} in {path}"))
 }
 
 /// Runs a SQL query that returns one integer against `db` with the `sqlite3` shell; 0 while
 /// the database or its tables do not exist yet.
 pub(crate) fn query_count(db: &Path, sql: &str) -> u64 {
+    query(db, sql)
+        .and_then(|out| out.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Runs a read-only SQL query against `db` with the `sqlite3` shell and returns its output
+/// (`|` between columns, a line per row); `None` while the database or its tables do not
+/// exist yet.
+pub(crate) fn query(db: &Path, sql: &str) -> Option<String> {
     if !db.exists() {
-        return 0;
+        return None;
     }
     Command::new("sqlite3")
         .arg("-readonly")
@@ -127,8 +173,7 @@ pub(crate) fn query_count(db: &Path, sql: &str) -> u64 {
         .output()
         .ok()
         .filter(|o| o.status.success())
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(0)
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
 /// Lines of container output (`<container id>/json` sources, not the collector's own
@@ -138,6 +183,22 @@ pub(crate) fn delivered_lines(db: &Path) -> u64 {
         db,
         "SELECT coalesce(sum(lines), 0) FROM sources WHERE source LIKE '%/json'",
     )
+}
+
+/// [`delivered_lines`] per container id (the 64-hex id Docker gave it).
+pub(crate) fn delivered_lines_by_container(db: &Path) -> HashMap<String, u64> {
+    query(
+        db,
+        "SELECT container_id, sum(lines) FROM sources WHERE source LIKE '%/json' \
+         GROUP BY container_id",
+    )
+    .unwrap_or_default()
+    .lines()
+    .filter_map(|row| {
+        let (id, lines) = row.split_once('|')?;
+        Some((id.to_owned(), lines.trim().parse().ok()?))
+    })
+    .collect()
 }
 
 /// How a wait for completion ended.
@@ -237,6 +298,47 @@ pub(crate) fn tree_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
+/// Starts `collector run --config <config>` with `RUST_LOG=warn`, its stdout and stderr in
+/// `log`.
+///
+/// # Errors
+/// When the log cannot be created or the process cannot start.
+pub(crate) fn spawn_collector(collector: &Path, config: &Path, log: &Path) -> Result<Child> {
+    let out = fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+    let err = out
+        .try_clone()
+        .with_context(|| format!("open {}", log.display()))?;
+    Command::new(collector)
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .with_context(|| format!("start {}", collector.display()))
+}
+
+/// Waits until the collector has created its state database in `data`: it has opened its
+/// state and is about to discover what runs.
+///
+/// # Errors
+/// When it exits first or takes more than 30 s.
+pub(crate) fn wait_for_state(data: &Path, child: &mut Child) -> Result<()> {
+    let started = Instant::now();
+    while !data.join("state.db").exists() {
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!("the collector exited at start ({status})");
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("the collector did not create its state in 30 s");
+        }
+        thread::sleep(POLL);
+    }
+    Ok(())
+}
+
 /// Sends SIGTERM and waits up to `grace` for the process to exit, then SIGKILLs it.
 pub(crate) fn stop(child: &mut Child, grace: Duration) {
     if let Ok(pid) = i32::try_from(child.id()) {
@@ -330,6 +432,10 @@ mod tests {
         let pid = std::process::id();
         assert!(cpu_seconds(pid).unwrap() >= 0.0);
         assert!(peak_rss_bytes(pid).unwrap() > 0);
+        assert!(rss_bytes(pid).unwrap() > 0);
+        assert!(threads(pid).unwrap() >= 1);
+        // stdin, stdout, stderr at least.
+        assert!(fd_targets(pid).unwrap().len() >= 3);
         assert!(children_cpu_seconds().unwrap() >= 0.0);
     }
 

@@ -17,13 +17,13 @@
 
 mod discovery;
 mod generate;
-mod graphite;
-mod measure;
+pub(crate) mod graphite;
+pub(crate) mod measure;
 mod others;
 mod report;
 mod scenarios;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
@@ -141,14 +141,7 @@ impl Plan {
 /// When a set-up step fails (build, input generation, a tool missing). Lost lines are the
 /// exit code 1 instead, after the table.
 pub(crate) fn bench(options: &Options) -> Result<ExitCode> {
-    let collector = match &options.collector {
-        Some(path) => path.clone(),
-        None => {
-            println!("xtask: cargo build --release -p collector");
-            cmd::run(workspace::cargo().args(["build", "--release", "-p", "collector"]))?;
-            workspace::target_dir().join("release").join("collector")
-        }
-    };
+    let collector = release_collector(options.collector.as_deref())?;
     let plan = Plan::from_options(options, collector);
     measure::ensure_sqlite3().context("the sqlite3 shell reads the collector's state")?;
     let report = run_plan(&plan)?;
@@ -159,6 +152,20 @@ pub(crate) fn bench(options: &Options) -> Result<ExitCode> {
         eprintln!("xtask: bench: some run did not deliver every line (see the table)");
         ExitCode::FAILURE
     })
+}
+
+/// The collector binary to measure: `given`, else `cargo build --release -p collector` and
+/// its output.
+///
+/// # Errors
+/// When the build fails.
+pub(crate) fn release_collector(given: Option<&Path>) -> Result<PathBuf> {
+    if let Some(path) = given {
+        return Ok(path.to_owned());
+    }
+    println!("xtask: cargo build --release -p collector");
+    cmd::run(workspace::cargo().args(["build", "--release", "-p", "collector"]))?;
+    Ok(workspace::target_dir().join("release").join("collector"))
 }
 
 /// Runs every scenario of `plan` and collects the results.

@@ -7,9 +7,9 @@
 //! Docker root's own scan and inotify watch. Completion is
 //! the collector's delivered count in its `state.db` reaching the number of lines written.
 
-use std::fs::{self, File};
+use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -196,21 +196,7 @@ pub(crate) fn start_collector(
         collector_config(&data, &empty, &workload.docker_root, sink),
     )
     .with_context(|| format!("write {}", config.display()))?;
-    let log = dir.join("collector.log");
-    let out = File::create(&log).with_context(|| format!("create {}", log.display()))?;
-    let err = out
-        .try_clone()
-        .with_context(|| format!("open {}", log.display()))?;
-    let child = Command::new(&plan.collector)
-        .arg("run")
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .with_context(|| format!("start {}", plan.collector.display()))?;
+    let child = measure::spawn_collector(&plan.collector, &config, &dir.join("collector.log"))?;
     Ok(Started {
         child,
         db: data.join("state.db"),

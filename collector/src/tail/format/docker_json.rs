@@ -246,6 +246,13 @@ impl DockerJsonDecoder {
         }
     }
 
+    /// Frees the joiners' idle buffers; see
+    /// [`Decoder::release_idle_memory`](super::Decoder::release_idle_memory).
+    pub fn release_idle_memory(&mut self) {
+        self.stdout.release_idle_memory();
+        self.stderr.release_idle_memory();
+    }
+
     /// Emits the partial lines held, oldest first.
     pub fn flush_pending(&mut self, out: &mut LogRecords) {
         // The rest of an over-long line will not come either.
