@@ -340,9 +340,10 @@ const DRAIN_TICK: Duration = Duration::from_millis(50);
 /// buffer, where they count as taken and the shipper goes on.
 ///
 /// Only while the buffer holds batches: they all come after the ones the buffer holds, so
-/// reporting them taken keeps the shipper's per-sink count in order. (A call on batches from
-/// the queue must end before later ones are reported, or the checkpoint could pass batches
-/// this sink does not hold.)
+/// reporting them taken keeps the shipper's per-sink count in order. A call on batches
+/// straight from the queue holds the later ones back until it ends (or the checkpoint could
+/// pass batches this sink does not hold), unless its own batches move to the buffer first
+/// ([`Drain::during_queue_call`]).
 struct Drain<'a> {
     index: usize,
     sink: &'static str,
@@ -400,6 +401,75 @@ impl Drain<'_> {
                 true
             }
         }
+    }
+
+    /// Awaits `call`, the sink sending `rest` straight from the queue while the buffer is
+    /// empty (the first `before` batches of the group were taken by earlier calls, not yet
+    /// reported). A single call can be slow for long (CloudWatch: one request per stream,
+    /// each late), and the queue fills meanwhile; once it holds [`SPILL_WHEN_QUEUED`]
+    /// batches, `rest` and the queue move into the buffer (synced, so they count as taken,
+    /// the whole group reported) and every later tick moves the queue there too, so the
+    /// shipper never stops for this call. `true` with the output: the batches moved, and the
+    /// caller advances the buffer past what the call took instead of reporting.
+    async fn during_queue_call<F: std::future::Future>(
+        mut self,
+        call: F,
+        before: usize,
+        rest: &[Arc<Batch>],
+    ) -> (F::Output, bool) {
+        if self.spill.is_none() {
+            return (call.await, false);
+        }
+        tokio::pin!(call);
+        let mut spilled = false;
+        loop {
+            tokio::select! {
+                out = &mut call => return (out, spilled),
+                _ = tokio::time::sleep(DRAIN_TICK) => {
+                    if spilled {
+                        let _ = self.move_queue().await;
+                    } else if self.held.is_empty() && self.queue.len() >= SPILL_WHEN_QUEUED {
+                        spilled = self.spill_call(before, rest).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves `rest` (a call's batches not yet taken, oldest first) and then the queue into
+    /// the empty buffer, and reports `before` plus all of them taken; `false`: the buffer
+    /// had no room (the queue's batches wait in `held`) or there is none.
+    async fn spill_call(&mut self, before: usize, rest: &[Arc<Batch>]) -> bool {
+        let Some(spill) = self.spill.as_mut() else {
+            return false;
+        };
+        let mut group = rest.to_vec();
+        let from_queue = group.len();
+        while let Ok(b) = self.queue.try_recv() {
+            group.push(b);
+        }
+        let pushed = match spill.push(&group) {
+            Ok(pushed) => pushed,
+            Err(e) => {
+                warn!(sink = self.sink, error = %internal_events::chain(&e), "Cannot write the sink's disk buffer.");
+                false
+            }
+        };
+        if !pushed {
+            *self.held = group.split_off(from_queue);
+            return false;
+        }
+        warn!(
+            sink = self.sink,
+            batches = group.len(),
+            "Sink slow with batches queued: buffering them on disk."
+        );
+        // A gone shipper ends the worker at its next step.
+        let _ = self
+            .done
+            .send((self.index, (before + group.len()) as u64))
+            .await;
+        true
     }
 
     /// Awaits `call` (the sink sending from the buffer), moving the queue into the buffer
@@ -492,9 +562,25 @@ impl Worker {
                 pending.append(&mut self.held);
             }
             let mut done = 0;
+            let mut reported = false;
             backoff = Duration::from_millis(100);
             while done < pending.len() {
-                match self.sink.send_batches(&pending[done..]).await {
+                let (sent, spilled) = drain!(self)
+                    .during_queue_call(
+                        self.sink.send_batches(&pending[done..]),
+                        done,
+                        &pending[done..],
+                    )
+                    .await;
+                if spilled {
+                    // The rest of the group is at the head of the buffer, reported taken:
+                    // move past what this call took; the buffer sends the others.
+                    self.after_spilled_call(sent, pending.len() - done, &mut backoff)
+                        .await;
+                    reported = true;
+                    break;
+                }
+                match sent {
                     // Taking none would never end: count it as one (a sink's bug, not data).
                     Ok(n) => {
                         done += n.clamp(1, pending.len() - done);
@@ -536,6 +622,11 @@ impl Worker {
                 }
             }
 
+            if reported {
+                // Moved to the buffer during its call, and reported then.
+                pending.clear();
+                continue;
+            }
             // One report per group, so the shipper commits once per group (a SQLite
             // transaction per batch would cost more than the batches).
             if self
@@ -619,6 +710,42 @@ impl Worker {
         }
     }
 
+    /// After a call whose `rest` batches moved to the head of the buffer while it ran: the
+    /// buffer moves past what it took; a failure is retried from the buffer with the same
+    /// batches (see `retry_group`), after a short nap.
+    async fn after_spilled_call(
+        &mut self,
+        sent: Result<usize, SinkError>,
+        rest: usize,
+        backoff: &mut Duration,
+    ) {
+        let Some(spill) = self.spill.as_mut() else {
+            return;
+        };
+        match sent {
+            Ok(n) => {
+                if let Err(e) = spill.advance(n.clamp(1, rest)) {
+                    warn!(sink = self.sink.name(), error = %internal_events::chain(&e), "Cannot move the disk buffer's cursor; batches may be sent again.");
+                }
+                *backoff = Duration::from_millis(100);
+            }
+            Err(e) => {
+                self.retry_group = Some(rest);
+                internal_events::SinkSendError {
+                    sink: self.sink.name(),
+                    error: &e,
+                }
+                .emit();
+                let nap = (*backoff).min(Duration::from_millis(250));
+                tokio::select! {
+                    _ = self.abort.cancelled() => {}
+                    _ = tokio::time::sleep(nap) => {}
+                }
+                *backoff = (*backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+
     async fn sync(&mut self) {
         if let Err(e) = self.sink.sync().await {
             internal_events::SinkSendError {
@@ -675,6 +802,9 @@ mod tests {
         Down,
         /// Every call succeeds, 200 ms late.
         Slow,
+        /// A call waits until the fault is switched off, then succeeds (a call of many
+        /// slow requests).
+        Stuck,
     }
 
     /// A sink with a disk buffer, recording the offsets it took in order; `fault` while `on`.
@@ -700,6 +830,11 @@ mod tests {
                             });
                         }
                         Fault::Slow => tokio::time::sleep(Duration::from_millis(200)).await,
+                        Fault::Stuck => {
+                            while self.on.load(Ordering::SeqCst) {
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            }
+                        }
                     }
                 }
                 self.offsets.lock().unwrap().push(b.ack.checkpoint.offset);
@@ -767,8 +902,8 @@ mod tests {
         )
         .await;
         let meanwhile = offsets.lock().unwrap().len();
-        if fault == Fault::Down {
-            assert_eq!(meanwhile, 0, "a sink that is down took batches");
+        if fault != Fault::Slow {
+            assert_eq!(meanwhile, 0, "a sink that is down or stuck took batches");
         }
         assert!(meanwhile < total, "the sink was not held up");
         assert!(gauge.load(Ordering::SeqCst) > 0, "nothing in the buffer");
@@ -802,6 +937,16 @@ mod tests {
     #[tokio::test]
     async fn a_slow_sink_with_a_buffer_holds_back_no_one() {
         held_back_by_no_one(Fault::Slow).await;
+    }
+
+    /// A sink with a disk buffer whose one call never ends while the others go on (CloudWatch
+    /// slow on each of a call's requests) holds back neither the other sink nor the
+    /// checkpoints: the call's batches and the queue behind them move to its buffer while
+    /// the call runs; when it ends, the buffer moves past what it took, and the sink gets
+    /// every batch once, in order.
+    #[tokio::test]
+    async fn a_sink_stuck_in_one_call_holds_back_no_one() {
+        held_back_by_no_one(Fault::Stuck).await;
     }
 
     /// Every call's batches (end offsets), and whether it failed.

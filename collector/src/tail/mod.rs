@@ -1,6 +1,7 @@
 //! Read log files safely across rotation and truncation, and turn bytes into records.
 
 pub mod budget;
+pub mod chain;
 pub mod fingerprint;
 pub mod format;
 pub mod framing;

@@ -68,7 +68,7 @@ struct Held {
 
 /// Opens and holds the chain at `path` as it is now.
 fn hold(path: &Path) -> Vec<Held> {
-    super::tailer::open_chain(path)
+    super::chain::open_chain(path)
         .into_iter()
         .filter_map(|(file, _)| {
             let meta = file.metadata().ok()?;
@@ -95,7 +95,7 @@ impl Subscriber {
     /// Handles `created` creations at the path: sends the files not held before, oldest
     /// first, and the number of creations no file was found for (deleted before this ran).
     fn on_created(&mut self, path: &Path, created: u64) {
-        let chain = super::tailer::open_chain(path);
+        let chain = super::chain::open_chain(path);
         let mut held = Vec::with_capacity(chain.len());
         let mut found = 0u64;
         for (file, p) in chain {

@@ -30,7 +30,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, ErrorKind};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -40,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::budget::{MemoryBudget, Share};
+use super::chain::{list_chain, open_chain};
 use super::fingerprint::Fingerprint;
 use super::format::{Decoder, LogFormat};
 use super::framing::{BufferPool, LineFramer};
@@ -70,9 +71,6 @@ const NAME_SCAN_WITH_GUARD: Duration = Duration::from_secs(5);
 
 /// A file quiet this long is polled every `quiet_poll_interval` instead of `poll_interval`.
 const QUIET_AFTER: Duration = Duration::from_secs(10);
-
-/// Highest rotated suffix looked at (`path.1` .. `path.N`).
-const MAX_ROTATED_SIBLINGS: u32 = 64;
 
 /// Finished files remembered so a rescan of siblings does not read them again.
 const COMPLETED_MEMORY: usize = 64;
@@ -378,22 +376,34 @@ impl Tailer {
             if self.is_open(dev, ino) {
                 continue;
             }
+            // A file that moved on since the listing ends this scan: queueing a newer one
+            // without it would read them out of order (the guard or the next scan brings
+            // both, in order).
             match File::open(&path) {
-                Ok(file) => {
-                    if file.metadata().is_ok_and(|m| m.ino() == ino) && !self.is_completed(&file) {
-                        if self.current.is_some() {
-                            self.counters.rotations += 1;
-                            internal_events::LogFileRotated {
-                                source: &self.spec.info.key,
-                                path: &path,
-                            }
-                            .emit();
-                        }
-                        self.push_file(file, path, 0);
+                Ok(file)
+                    if file
+                        .metadata()
+                        .is_ok_and(|m| m.dev() == dev && m.ino() == ino) =>
+                {
+                    if self.is_completed(&file) {
+                        continue;
                     }
+                    if self.current.is_some() {
+                        self.counters.rotations += 1;
+                        internal_events::LogFileRotated {
+                            source: &self.spec.info.key,
+                            path: &path,
+                        }
+                        .emit();
+                    }
+                    self.push_file(file, path, 0);
                 }
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => warn!(path = %path.display(), error = %e, "Cannot open log file."),
+                Ok(_) => break,
+                Err(e) if e.kind() == ErrorKind::NotFound => break,
+                Err(e) => {
+                    warn!(path = %path.display(), error = %e, "Cannot open log file.");
+                    break;
+                }
             }
         }
         if self.current.is_none() {
@@ -873,84 +883,6 @@ fn refresh_fp(file: &File, fp: Fingerprint, offset: u64) -> Fingerprint {
     } else {
         fp
     }
-}
-
-/// The file chain, oldest first: `path.N` .. `path.1`, `path`, with device and inode.
-fn list_chain(path: &Path) -> Vec<(PathBuf, u64, u64)> {
-    let mut chain = Vec::new();
-    let mut missing = 0;
-    for i in 1..=MAX_ROTATED_SIBLINGS {
-        let p = rotated_name(path, i);
-        match std::fs::metadata(&p) {
-            Ok(m) if m.is_file() => {
-                chain.push((p, m.dev(), m.ino()));
-                missing = 0;
-            }
-            _ => {
-                // Docker numbers its rotated files without gaps; tolerate one gap for
-                // renames in flight.
-                missing += 1;
-                if missing >= 2 {
-                    break;
-                }
-            }
-        }
-    }
-    chain.reverse();
-    if let Ok(m) = std::fs::metadata(path)
-        && m.is_file()
-    {
-        chain.push((path.to_owned(), m.dev(), m.ino()));
-    }
-    chain
-}
-
-/// Opens the file chain and returns it oldest first.
-///
-/// Files are opened newest first (`x.log`, then `x.log.1`, ...), by name, without trusting
-/// an earlier `stat`: a rotation in the middle only moves files to older names, so the file
-/// that was newest when this started is still found (at `x.log` or further down), and each
-/// file of the chain is opened at least once across the passes made between two rotations.
-/// Duplicates (a file seen under two names as it moved) keep their oldest position.
-pub(super) fn open_chain(path: &Path) -> Vec<(File, PathBuf)> {
-    let mut newest_first: Vec<(File, PathBuf, u64, u64)> = Vec::new();
-    let mut push = |p: PathBuf| {
-        let Ok(f) = File::open(&p) else { return false };
-        let Ok(m) = f.metadata() else { return false };
-        if !m.is_file() {
-            return false;
-        }
-        newest_first.push((f, p, m.dev(), m.ino()));
-        true
-    };
-    push(path.to_owned());
-    let mut missing = 0;
-    for i in 1..=MAX_ROTATED_SIBLINGS {
-        if push(rotated_name(path, i)) {
-            missing = 0;
-        } else {
-            // Docker numbers rotated files without gaps; tolerate one for renames in flight.
-            missing += 1;
-            if missing >= 2 {
-                break;
-            }
-        }
-    }
-    let mut oldest_first: Vec<(File, PathBuf)> = Vec::with_capacity(newest_first.len());
-    let mut seen: Vec<(u64, u64)> = Vec::with_capacity(newest_first.len());
-    for (f, p, dev, ino) in newest_first.into_iter().rev() {
-        if !seen.contains(&(dev, ino)) {
-            seen.push((dev, ino));
-            oldest_first.push((f, p));
-        }
-    }
-    oldest_first
-}
-
-fn rotated_name(path: &Path, i: u32) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(format!(".{i}"));
-    PathBuf::from(s)
 }
 
 /// The read time, for formats whose lines carry none.

@@ -868,13 +868,23 @@ fn tail_follows_a_whole_task_until_it_ends() -> Result<()> {
                 .start()?,
         );
     }
-    wait_for(&mut collector, "both containers of the task", |c| {
-        let v = inspect_json(c, &[&task.task_id])?;
-        Ok(
-            (v.pointer("/containers/1").is_some() && v.pointer("/containers/2").is_none())
-                .then_some(()),
-        )
-    })?;
+    // `tail` names the containers the daemon knows when it starts; the CLI's inspect may
+    // answer offline (from Docker's files) before the daemon has identified both.
+    wait_for(
+        &mut collector,
+        "the daemon to know both containers of the task",
+        |c| {
+            let v = inspect_json(c, &[&task.task_id])?;
+            let mut names: Vec<&str> = v["containers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c["container_name"].as_str())
+                .collect();
+            names.sort_unstable();
+            Ok((v["answered_by"] == "daemon" && names == ["web", "worker"]).then_some(()))
+        },
+    )?;
     let (out_path, err_path) = (
         collector.dir().join("tail.out"),
         collector.dir().join("tail.err"),
@@ -916,10 +926,12 @@ fn tail_follows_a_whole_task_until_it_ends() -> Result<()> {
     );
     for (text, stream, kind) in [(&out, "stdout", "out"), (&err, "stderr", "err")] {
         for name in ["web", "worker"] {
-            let prefix = format!("{name:<6} | ");
+            // The name column is as wide as the longest name known so far.
             let got: Vec<&str> = text
                 .lines()
-                .filter_map(|l| l.strip_prefix(&prefix))
+                .filter_map(|l| l.split_once(" | "))
+                .filter(|(n, _)| n.trim_end() == name)
+                .map(|(_, m)| m)
                 // The collector's own "container exited" record may come too (on stderr).
                 .filter(|m| !m.starts_with("[collector]"))
                 .collect();
@@ -933,7 +945,7 @@ fn tail_follows_a_whole_task_until_it_ends() -> Result<()> {
     ensure!(
         out.lines()
             .all(|l| l.starts_with("web    | ") || l.starts_with("worker | ")),
-        "stray stdout lines:\n{out}"
+        "stray stdout lines, or a name column not as wide as the names in the header:\n{out}"
     );
     ensure!(
         err.contains(&format!("Following task {}: web, worker", task.task_id)),

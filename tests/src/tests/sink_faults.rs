@@ -25,8 +25,9 @@ use crate::{
 /// small, so coming near this bound means batches pile up in memory.
 const RSS_BOUND_KIB: u64 = 150 * 1024;
 
-/// How far behind "now" the local sink's newest line of a writing container may be while
-/// CloudWatch is slow or down: it is read every 200 ms, synced every second.
+/// How long a line Docker has written may wait for the local sink while CloudWatch is slow
+/// or down: it is read every 200 ms, synced every second. Measured from the line's Docker
+/// time, so a writer the host starves of CPU does not count against the collector.
 const LOCAL_LAG_BOUND: Duration = Duration::from_secs(5);
 
 /// The most lines a replay may go back in these cases: the lines of one call (at most 64
@@ -92,6 +93,8 @@ struct Writer {
     stream: String,
     /// How many lines it writes.
     lines: usize,
+    /// Its json-file log: what Docker has written.
+    log_path: std::path::PathBuf,
 }
 
 impl Writer {
@@ -105,6 +108,22 @@ impl Writer {
         sink.lines(&self.task_id, &self.name, "stdout")
     }
 
+    /// How long the oldest line Docker wrote that the local sink does not have (it holds
+    /// the first `local` lines) has waited, by its Docker time; zero when none waits. A
+    /// last line Docker is still writing does not count.
+    fn waiting(&self, local: usize) -> Result<Duration> {
+        let text = std::fs::read_to_string(&self.log_path)
+            .with_context(|| format!("read {}", self.log_path.display()))?;
+        let oldest_missing = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["time"].as_str().and_then(crate::time::parse_rfc3339))
+            .nth(local);
+        Ok(oldest_missing
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .unwrap_or_default())
+    }
+
     /// Its messages in CloudWatch.
     fn cloudwatch(&self, moto: &Moto) -> Result<Vec<String>> {
         moto.log_messages(&self.group, &self.stream)
@@ -114,7 +133,7 @@ impl Writer {
 /// What [`watch_while_writing`] saw.
 #[derive(Debug, Default)]
 struct Watch {
-    /// The most the local sink's newest line of a container was behind the clock.
+    /// The longest a line Docker had written was seen missing from the local sink.
     local_lag: Duration,
     /// The most lines CloudWatch was behind the local sink, summed over the containers.
     cloudwatch_behind: usize,
@@ -124,10 +143,10 @@ struct Watch {
     took: Duration,
 }
 
-/// Samples, until every container's last line is in the local sink: how far the local sink
-/// is behind the clock (each container's newest line's Docker time against now; failing as
-/// soon as it is more than [`LOCAL_LAG_BOUND`]), how far CloudWatch is behind, and the
-/// collector's memory.
+/// Samples, until every container's last line is in the local sink: how long lines wait
+/// for the local sink (the oldest line Docker wrote that the sink does not have yet, its
+/// Docker time against now; failing as soon as it is more than [`LOCAL_LAG_BOUND`]), how
+/// far CloudWatch is behind, and the collector's memory.
 fn watch_while_writing(
     collector: &mut CollectorProcess,
     moto: &Moto,
@@ -150,17 +169,15 @@ fn watch_while_writing(
                 done += 1;
                 continue;
             }
-            if let Some(newest) = local.last() {
-                let lag = SystemTime::now()
-                    .duration_since(newest.time)
-                    .unwrap_or_default();
-                watch.local_lag = watch.local_lag.max(lag);
-                ensure!(
-                    lag <= LOCAL_LAG_BOUND,
-                    "the local sink's newest line of {name} ({:?}) is {lag:?} old while it \
-                     writes: held back by the CloudWatch sink",
-                    newest.message
-                );
+            let lag = w.waiting(local.len())?;
+            watch.local_lag = watch.local_lag.max(lag);
+            ensure!(
+                lag <= LOCAL_LAG_BOUND,
+                "line {} of {name}, written by Docker, has waited {lag:?} for the local sink: \
+                 held back by the CloudWatch sink",
+                local.len() + 1,
+            );
+            if !local.is_empty() {
                 behind += local.len().saturating_sub(w.cloudwatch(moto)?.len());
             }
         }
@@ -190,20 +207,20 @@ fn start_writers(
     let mut running = Vec::new();
     for c in 0..containers {
         let name = format!("w{c}");
-        running.push(
-            TestContainer::builder()
-                .ecs(task, &name)
-                .bind(&ctl, "/ctl")
-                .shell(steady_writer(&name, lines, burst, pause))
-                .start()?,
-        );
+        let container = TestContainer::builder()
+            .ecs(task, &name)
+            .bind(&ctl, "/ctl")
+            .shell(steady_writer(&name, lines, burst, pause))
+            .start()?;
         writers.push(Writer {
+            log_path: container.log_path()?,
             group: format!("/ecs/{}", task.family),
             stream: format!("ecs/{name}/{}", task.task_id),
             task_id: task.task_id.clone(),
             name,
             lines,
         });
+        running.push(container);
     }
     Ok((writers, running))
 }
@@ -392,18 +409,14 @@ fn an_outage_of_2_minutes_fills_the_disk_buffer_and_loses_nothing() -> Result<()
             for w in &writers {
                 let name = &w.name;
                 let local = w.local(&sink)?;
-                if local.len() < w.lines
-                    && let Some(newest) = local.last()
-                {
-                    let lag = SystemTime::now()
-                        .duration_since(newest.time)
-                        .unwrap_or_default();
-                    local_lag = local_lag.max(lag);
-                    ensure!(
-                        lag <= LOCAL_LAG_BOUND,
-                        "the local sink's newest line of {name} is {lag:?} old during the outage"
-                    );
-                }
+                let lag = w.waiting(local.len())?;
+                local_lag = local_lag.max(lag);
+                ensure!(
+                    lag <= LOCAL_LAG_BOUND,
+                    "line {} of {name}, written by Docker, has waited {lag:?} for the local \
+                     sink during the outage",
+                    local.len() + 1,
+                );
             }
             rss_max = rss_max.max(memory_kib(pid)?.0);
             buffer_max = buffer_max.max(dir_bytes(&buffer));
