@@ -277,8 +277,9 @@ fn expect_all_once(
 
 /// CloudWatch turns slow, answering every request 1.5 s late, while four containers write
 /// 20 lines/s each for 30 s (so each call, one request per container, takes 6 s while 120
-/// batches arrive, more than the shipper's in-memory lag of 128 can hold for long): the local sink keeps up all along (its newest line never more than 5 s old),
-/// though CloudWatch falls behind; the collector's memory stays under [`RSS_BOUND_KIB`]; once
+/// batches arrive, more with other containers on the host: about what the shipper's
+/// in-memory lag of 128 holds): the local sink keeps up all along (no line Docker wrote
+/// waits more than 5 s for it), though CloudWatch falls behind; the collector's memory stays under [`RSS_BOUND_KIB`]; once
 /// the latency is gone, every line is in CloudWatch once, in order.
 #[test]
 fn a_slow_cloudwatch_holds_back_neither_the_local_sink_nor_memory() -> Result<()> {
