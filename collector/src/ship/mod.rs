@@ -575,8 +575,12 @@ impl Worker {
                 if spilled {
                     // The rest of the group is at the head of the buffer, reported taken:
                     // move past what this call took; the buffer sends the others.
-                    self.after_spilled_call(sent, pending.len() - done, &mut backoff)
+                    let step = self
+                        .after_call_from_spill(sent, pending.len() - done, &mut backoff)
                         .await;
+                    if let SpillStep::Stop = step {
+                        return;
+                    }
                     reported = true;
                     break;
                 }
@@ -674,13 +678,26 @@ impl Worker {
         // Batches arriving meanwhile go behind the group in the buffer at once, so a slow
         // call never lets the queue back up.
         let sent = drain!(self).during(self.sink.send_batches(&group)).await;
+        self.after_call_from_spill(sent, group.len(), backoff).await
+    }
+
+    /// After a call on the first `offered` batches of the buffer (sent from it, or moved
+    /// there while the call ran): the buffer moves past what the sink took; a failure is
+    /// retried with the same batches (see `retry_group`) after a short nap, so the queue is
+    /// moved to the buffer before it backs up.
+    async fn after_call_from_spill(
+        &mut self,
+        sent: Result<usize, SinkError>,
+        offered: usize,
+        backoff: &mut Duration,
+    ) -> SpillStep {
         let Some(spill) = self.spill.as_mut() else {
             return SpillStep::Continue;
         };
-        self.retry_group = sent.is_err().then_some(group.len());
+        self.retry_group = sent.is_err().then_some(offered);
         match sent {
             Ok(n) => {
-                if let Err(e) = spill.advance(n.clamp(1, group.len())) {
+                if let Err(e) = spill.advance(n.clamp(1, offered)) {
                     warn!(sink = self.sink.name(), error = %internal_events::chain(&e), "Cannot move the disk buffer's cursor; batches may be sent again.");
                 }
                 *backoff = Duration::from_millis(100);
@@ -698,7 +715,6 @@ impl Worker {
                     error: &e,
                 }
                 .emit();
-                // Short naps, so the queue is moved to the buffer before it backs up.
                 let nap = (*backoff).min(Duration::from_millis(250));
                 tokio::select! {
                     _ = self.abort.cancelled() => return SpillStep::Stop,
@@ -706,42 +722,6 @@ impl Worker {
                 }
                 *backoff = (*backoff * 2).min(Duration::from_secs(10));
                 SpillStep::Continue
-            }
-        }
-    }
-
-    /// After a call whose `rest` batches moved to the head of the buffer while it ran: the
-    /// buffer moves past what it took; a failure is retried from the buffer with the same
-    /// batches (see `retry_group`), after a short nap.
-    async fn after_spilled_call(
-        &mut self,
-        sent: Result<usize, SinkError>,
-        rest: usize,
-        backoff: &mut Duration,
-    ) {
-        let Some(spill) = self.spill.as_mut() else {
-            return;
-        };
-        match sent {
-            Ok(n) => {
-                if let Err(e) = spill.advance(n.clamp(1, rest)) {
-                    warn!(sink = self.sink.name(), error = %internal_events::chain(&e), "Cannot move the disk buffer's cursor; batches may be sent again.");
-                }
-                *backoff = Duration::from_millis(100);
-            }
-            Err(e) => {
-                self.retry_group = Some(rest);
-                internal_events::SinkSendError {
-                    sink: self.sink.name(),
-                    error: &e,
-                }
-                .emit();
-                let nap = (*backoff).min(Duration::from_millis(250));
-                tokio::select! {
-                    _ = self.abort.cancelled() => {}
-                    _ = tokio::time::sleep(nap) => {}
-                }
-                *backoff = (*backoff * 2).min(Duration::from_secs(10));
             }
         }
     }
