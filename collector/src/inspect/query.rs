@@ -538,7 +538,9 @@ fn candidates(world: &World, kind: Kind, arg: &str) -> Result<Candidates, Inspec
     Ok(c)
 }
 
-/// The containers of a task: live, remembered, and (when neither knows any) Docker's files.
+/// The containers of a task: live, remembered, and Docker's files (labels or cgroup parent),
+/// always: a member the daemon has not identified yet (just created, or found by no
+/// scan so far) is still a member, so `tail` names it from its first line.
 fn task_candidates(
     world: &World,
     live: &[LiveContainer],
@@ -565,20 +567,18 @@ fn task_candidates(
         stored_id = stored_id.or_else(|| of_id(r.identity.ecs.as_ref()));
     }
     c.add_records(records);
-    if c.ids.is_empty() {
-        for d in world.docker_containers() {
-            let labelled = labels::ecs_from_labels(&d.labels)
-                .and_then(|e| e.task_id)
-                .map(|t| t.as_str().to_owned());
-            let parent = d
-                .cgroup_parent
-                .as_deref()
-                .and_then(|p| p.strip_prefix("/ecs/"))
-                .map(str::to_owned);
-            if let Some(t) = labelled.or(parent).filter(|t| norm(t) == want) {
-                stored_id.get_or_insert(t);
-                c.add(d.id.clone(), NOW);
-            }
+    for d in world.docker_containers() {
+        let labelled = labels::ecs_from_labels(&d.labels)
+            .and_then(|e| e.task_id)
+            .map(|t| t.as_str().to_owned());
+        let parent = d
+            .cgroup_parent
+            .as_deref()
+            .and_then(|p| p.strip_prefix("/ecs/"))
+            .map(str::to_owned);
+        if let Some(t) = labelled.or(parent).filter(|t| norm(t) == want) {
+            stored_id.get_or_insert(t);
+            c.add(d.id.clone(), NOW);
         }
     }
     if !c.ids.is_empty() {
@@ -1505,6 +1505,37 @@ mod tests {
             (o.containers.len(), o.hidden_removed, o.tasks.len()),
             (2, 1, 1)
         );
+    }
+
+    /// A task whose members the history knows only in part (one was just created): the
+    /// member only Docker's files know is listed too, so `tail` names it from the start.
+    #[test]
+    fn a_task_lists_members_only_dockers_files_know() {
+        let dir = tempfile::tempdir().unwrap();
+        let current = format!("ab{}", "1".repeat(62));
+        let gone = format!("ab{}", "2".repeat(62));
+        let world = fake_host(dir.path(), &current, &gone, 4242);
+        let task = "0123456789abcdef0123456789abcdef";
+        let mut identity = ContainerIdentity::new(ContainerId::parse(&gone).unwrap());
+        identity.ecs = Some(EcsTask {
+            task_id: crate::identify::TaskId::parse(task),
+            container_name: Some("worker".to_owned()),
+            ..EcsTask::default()
+        });
+        world
+            .store
+            .as_ref()
+            .unwrap()
+            .record_container(&identity, Lifecycle::Removed, Some(0), Some(false))
+            .unwrap();
+        let i = inspect(&world, task, None).unwrap();
+        let mut ids: Vec<&str> = i
+            .containers
+            .iter()
+            .map(|c| c.container_id.as_str())
+            .collect();
+        ids.sort_unstable();
+        assert_eq!(ids, [current.as_str(), gone.as_str()]);
     }
 
     #[test]
