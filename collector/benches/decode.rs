@@ -447,12 +447,7 @@ fn bench_file_sink(c: &mut Criterion<ThreadCpuTime>, input: &[u8]) {
                 source: info.key.clone(),
                 container_id: id.to_string(),
                 checkpoint: Checkpoint {
-                    fingerprint: Fingerprint {
-                        dev: 0,
-                        ino: 0,
-                        head_len: 0,
-                        head_hash: 0,
-                    },
+                    fingerprint: Fingerprint::NOT_A_FILE,
                     path: String::new(),
                     offset: 0,
                 },

@@ -229,13 +229,8 @@ pub fn lifecycle_batch(identity: Arc<ContainerIdentity>, death: &Death) -> Batch
             source: key,
             container_id: container_id.to_string(),
             checkpoint: Checkpoint {
-                // Not a file: no device, inode or head. The offset is the death's time.
-                fingerprint: Fingerprint {
-                    dev: 0,
-                    ino: 0,
-                    head_len: 0,
-                    head_hash: 0,
-                },
+                // The offset is the death's time.
+                fingerprint: Fingerprint::NOT_A_FILE,
                 path: "(collector lifecycle)".to_owned(),
                 offset: u64::try_from(death.time_ms).unwrap_or(0),
             },

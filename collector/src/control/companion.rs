@@ -17,9 +17,7 @@
 //! empty, it says there are none. A refused call answers 403 with one line
 //! `{"error": {"kind": "not_in_container"|"not_in_task", "message"}}`; an unknown one 404.
 
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,9 +25,7 @@ use bytes::Bytes;
 use http::{Method, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -74,39 +70,20 @@ pub struct CompanionServer {
 }
 
 impl CompanionServer {
-    /// Creates the socket at `path` (and its directory), mode 0666, replacing a stale socket
-    /// (never another kind of file).
+    /// Creates the socket at `path` ([`super::bind_shared`]: mode 0666, its directory too).
     ///
     /// # Errors
-    /// [`ControlError::NotASocket`] or [`ControlError::BindSocket`].
+    /// [`ControlError::BindSocket`], also when another kind of file is at `path`.
     pub fn bind(
         path: &Path,
         procfs_root: PathBuf,
         view: InventoryView,
         barrier: DrainBarrier,
     ) -> Result<Self, ControlError> {
-        let bind_err = |source| ControlError::BindSocket {
+        let listener = super::bind_shared(path).map_err(|source| ControlError::BindSocket {
             path: path.to_owned(),
             source,
-        };
-        match std::fs::symlink_metadata(path) {
-            Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path).map_err(bind_err)?,
-            Ok(_) => {
-                return Err(ControlError::NotASocket {
-                    path: path.to_owned(),
-                });
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(bind_err(e)),
-        }
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(bind_err)?;
-            // Containers traverse it to reach the sockets; only root writes in it.
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
-                .map_err(bind_err)?;
-        }
-        let listener = UnixListener::bind(path).map_err(bind_err)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(bind_err)?;
+        })?;
         info!(socket = %path.display(), "Companion API listening.");
         Ok(Self {
             listener,
@@ -226,17 +203,7 @@ async fn serve(
         let stop = stop.clone();
         service_fn(move |req| route(state.clone(), caller.clone(), stop.clone(), req))
     };
-    let mut conn = pin!(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = stop.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(e) = result {
-        debug!(error = %e, "Companion API connection ended with an error.");
-    }
+    super::socket::serve_http(stream, service, stop, "companion").await;
 }
 
 async fn route(

@@ -41,6 +41,7 @@ mod client;
 mod companion;
 mod metrics;
 mod server;
+mod socket;
 mod tap;
 mod view;
 
@@ -50,6 +51,7 @@ pub use client::{ControlClient, percent_decode, percent_encode};
 pub use companion::CompanionServer;
 pub use metrics::render_metrics;
 pub use server::{ControlServer, ControlState};
+pub use socket::bind_shared;
 pub use tap::{
     CountingSink, DeliveryTap, LastError, ReadTap, SinkStats, TAIL_CHANNEL_BATCHES, TailBatch,
     TailLine, TailSender,

@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -15,9 +15,7 @@ use http::{Method, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
 use hyper::body::{Body, Frame, Incoming};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::UnixListener;
 use tokio::sync::{broadcast, mpsc};
@@ -197,17 +195,7 @@ async fn serve_connection(
         let stop = stop.clone();
         service_fn(move |req| route(state.clone(), stop.clone(), req))
     };
-    let mut conn = pin!(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = stop.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(e) = result {
-        debug!(error = %e, "Control API connection ended with an error.");
-    }
+    super::socket::serve_http(stream, service, stop, "control").await;
 }
 
 /// A query string's parameters, decoded.

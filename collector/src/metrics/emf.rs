@@ -224,12 +224,7 @@ fn batch(
             source: key,
             container_id: id.to_string(),
             checkpoint: Checkpoint {
-                fingerprint: Fingerprint {
-                    dev: 0,
-                    ino: 0,
-                    head_len: 0,
-                    head_hash: 0,
-                },
+                fingerprint: Fingerprint::NOT_A_FILE,
                 path: "(collector metrics)".to_owned(),
                 offset: time_ms,
             },

@@ -6,7 +6,6 @@
 //! [`BIND_RETRY`]: the collector's logs never stop for a metrics port.
 
 use std::net::{IpAddr, SocketAddr};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -432,29 +431,13 @@ async fn acknowledge(stream: &mut tokio::net::UnixStream) {
     }
 }
 
-/// Binds the unix socket, replacing a stale one (never another kind of file), mode 0666:
-/// any process that can reach the path may send, since the kernel tells who it is.
+/// Binds the unix socket ([`crate::control::bind_shared`]: mode 0666, any process that can
+/// reach the path may send, since the kernel tells who it is).
 fn bind_unix(path: &std::path::Path) -> Result<UnixListener, MetricsError> {
-    let err = |source| MetricsError::BindUnix {
+    crate::control::bind_shared(path).map_err(|source| MetricsError::BindUnix {
         path: path.to_owned(),
         source,
-    };
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path).map_err(err)?,
-        Ok(_) => {
-            return Err(err(std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                "exists and is not a socket",
-            )));
-        }
-        Err(_) => {}
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(err)?;
-    }
-    let listener = UnixListener::bind(path).map_err(err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(err)?;
-    Ok(listener)
+    })
 }
 
 #[cfg(test)]

@@ -274,12 +274,7 @@ mod tests {
                 source: "s".into(),
                 container_id: id.to_string(),
                 checkpoint: Checkpoint {
-                    fingerprint: Fingerprint {
-                        dev: 0,
-                        ino: 0,
-                        head_len: 0,
-                        head_hash: 0,
-                    },
+                    fingerprint: Fingerprint::NOT_A_FILE,
                     path: String::new(),
                     offset: 0,
                 },

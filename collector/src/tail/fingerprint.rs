@@ -25,6 +25,15 @@ pub struct Fingerprint {
 }
 
 impl Fingerprint {
+    /// The identity of a checkpoint that is not a file's (the collector's own lifecycle and
+    /// metrics records, whose offset is a time): no device, inode or head.
+    pub const NOT_A_FILE: Self = Self {
+        dev: 0,
+        ino: 0,
+        head_len: 0,
+        head_hash: 0,
+    };
+
     /// Fingerprints an open file, hashing up to `HEAD_BYTES` (at most `limit`) of its head.
     ///
     /// # Errors
