@@ -404,9 +404,10 @@ impl Drain<'_> {
     }
 
     /// Awaits `call`, the sink sending `rest` straight from the queue while the buffer is
-    /// empty (the first `before` batches of the group were taken by earlier calls, not yet
-    /// reported). A single call can be slow for long (CloudWatch: one request per stream,
-    /// each late), and the queue fills meanwhile; once it holds [`SPILL_WHEN_QUEUED`]
+    /// empty, or the backoff after such a call failed (the first `before` batches of the
+    /// group were taken by earlier calls, not yet reported). A single call can be slow for
+    /// long (CloudWatch: one request per stream, each late), a backoff lasts up to 10 s, and
+    /// the queue fills meanwhile; once it holds [`SPILL_WHEN_QUEUED`]
     /// batches, `rest` and the queue move into the buffer (synced, so they count as taken,
     /// the whole group reported) and every later tick moves the queue there too, so the
     /// shipper never stops for this call. `true` with the output: the batches moved, and the
@@ -462,7 +463,7 @@ impl Drain<'_> {
         warn!(
             sink = self.sink,
             batches = group.len(),
-            "Sink slow with batches queued: buffering them on disk."
+            "Sink slow or failing with batches queued: buffering them on disk."
         );
         // A gone shipper ends the worker at its next step.
         let _ = self
@@ -596,30 +597,26 @@ impl Worker {
                             error: &e,
                         }
                         .emit();
-                        // Backed up while failing: the rest goes to the disk buffer, and the
-                        // worker sends from there (the next turn of the loop).
-                        if self.queue.len() >= SPILL_WHEN_QUEUED
-                            && let Some(spill) = self.spill.as_mut()
-                        {
-                            match spill.push(&pending[done..]) {
-                                Ok(true) => {
-                                    self.retry_group = Some(pending.len() - done);
-                                    warn!(
-                                        sink = self.sink.name(),
-                                        batches = pending.len() - done,
-                                        "Sink down with batches queued: buffering them on disk."
-                                    );
-                                    break;
-                                }
-                                Ok(false) => {}
-                                Err(e) => {
-                                    warn!(sink = self.sink.name(), error = %internal_events::chain(&e), "Cannot write the sink's disk buffer.")
-                                }
+                        // The backoff, during which a queue backing up moves to the disk
+                        // buffer behind the rest of the group, exactly as during a slow
+                        // call; the buffer then retries the same batches.
+                        let abort = self.abort.clone();
+                        let wait = async move {
+                            tokio::select! {
+                                _ = abort.cancelled() => true,
+                                _ = tokio::time::sleep(backoff) => false,
                             }
+                        };
+                        let (aborted, spilled) = drain!(self)
+                            .during_queue_call(wait, done, &pending[done..])
+                            .await;
+                        if aborted {
+                            return;
                         }
-                        tokio::select! {
-                            _ = self.abort.cancelled() => return,
-                            _ = tokio::time::sleep(backoff) => {}
+                        if spilled {
+                            self.retry_group = Some(pending.len() - done);
+                            reported = true;
+                            break;
                         }
                         backoff = (backoff * 2).min(Duration::from_secs(10));
                     }
